@@ -1,0 +1,176 @@
+"""One error hierarchy for the whole service.
+
+Each class carries the HTTP status and the snake_case `type` of the JSON
+error body `{"error": {"type", "message"}}`. Workers store these errors in
+a job's result by class name, so the webapp maps a failed job back to the
+same status the error would have had in the webapp itself.
+"""
+
+from __future__ import annotations
+
+
+class SettingsError(Exception):
+    """Raised when an environment variable holds a bad value."""
+
+
+class ServiceError(Exception):
+    """Root of the errors a client can see."""
+
+    status_code = 500
+    type = "internal_error"
+
+    def __init__(self, message: str = "", **details):
+        super().__init__(message or self.__doc__)
+        self.message = message or (self.__doc__ or "").strip()
+        self.details = details
+
+    def to_dict(self) -> dict:
+        body = {"type": self.type, "message": self.message}
+        body.update(self.details)
+        return {"error": body}
+
+
+class BadRequest(ServiceError):
+    """Raised when the request body is not valid JSON."""
+
+    status_code = 400
+    type = "invalid_json"
+
+
+class Unauthorized(ServiceError):
+    """Raised when an admin call lacks the right bearer token."""
+
+    status_code = 401
+    type = "unauthorized"
+
+
+class NotFound(ServiceError):
+    """Raised when a route does not exist."""
+
+    status_code = 404
+    type = "not_found"
+
+
+class ModelNotFound(NotFound):
+    """Raised when a model id names no model in the store."""
+
+    type = "model_not_found"
+
+
+class JobNotFound(NotFound):
+    """Raised when a job id is unknown or its record has expired."""
+
+    type = "job_not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    """Raised when a route exists but not for this HTTP method."""
+
+    status_code = 405
+    type = "method_not_allowed"
+
+
+class Conflict(ServiceError):
+    """Raised when the request conflicts with the resource's state."""
+
+    status_code = 409
+    type = "conflict"
+
+
+class JobNotCancellable(Conflict):
+    """Raised when cancelling a job that already runs or has finished."""
+
+    type = "job_not_cancellable"
+
+
+class JobCancelled(Conflict):
+    """Raised when waiting on a job that was cancelled."""
+
+    type = "job_cancelled"
+
+
+class PayloadTooLarge(ServiceError):
+    """Raised when the request body exceeds MAX_BODY_BYTES."""
+
+    status_code = 413
+    type = "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    """Raised when the body is not sent as application/json."""
+
+    status_code = 415
+    type = "unsupported_media_type"
+
+
+class ValidationFailed(ServiceError):
+    """Raised when a well-formed request breaks the API's rules."""
+
+    status_code = 422
+    type = "validation_error"
+
+
+class InputTooLong(ValidationFailed):
+    """Raised when an input exceeds the model's or the service's length limit."""
+
+    type = "input_too_long"
+
+
+class InferenceFailed(ServiceError):
+    """Raised when the model raised on an input (the item alone, after isolation)."""
+
+    # As text-embeddings-inference does: the request was valid, the backend
+    # failed on it. Neither the client's fault (4xx proper) nor a crash (500).
+    status_code = 424
+    type = "inference_failed"
+
+
+class QueueFull(ServiceError):
+    """Raised when a model's queue holds MAX_QUEUE_DEPTH jobs already."""
+
+    status_code = 429
+    type = "queue_full"
+
+
+class ServiceUnavailable(ServiceError):
+    """Raised when a dependency of the service is down."""
+
+    status_code = 503
+    type = "service_unavailable"
+
+
+class BrokerUnavailable(ServiceUnavailable):
+    """Raised when the broker or the result store cannot be reached."""
+
+    type = "broker_unavailable"
+
+
+class NoWorkers(ServiceUnavailable):
+    """Raised when no worker is alive."""
+
+    type = "no_workers"
+
+
+class ModelNotLoaded(ServiceUnavailable):
+    """Raised when the model is in the store but no live worker has it loaded."""
+
+    type = "model_not_loaded"
+
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+ERRORS_BY_NAME: dict[str, type[ServiceError]] = {
+    cls.__name__: cls for cls in [ServiceError, *_subclasses(ServiceError)]
+}
+
+
+def error_from_stored(exc_type: str | None, message: str) -> ServiceError:
+    """Rebuild the error a worker stored in a failed job's result."""
+    cls = ERRORS_BY_NAME.get(exc_type or "", None)
+    if cls is None:
+        return ServiceError(f"{exc_type}: {message}" if exc_type else message)
+    return cls(message)

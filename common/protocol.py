@@ -1,0 +1,88 @@
+"""Names and conventions shared by the webapp and the workers.
+
+The webapp publishes jobs by task name and reads results by key; it never
+imports the worker's code. Everything both sides must agree on lives here.
+"""
+
+from __future__ import annotations
+
+INFER_TASK = "tasks.infer"
+QUEUE_PREFIX = "infer."
+
+# Redis keys the service owns (results themselves use Celery's own
+# `celery-task-meta-<id>` keys so any Celery client can read them).
+KEY_PREFIX = "atf:"
+WORKERS_KEY = KEY_PREFIX + "workers"  # hash: worker name -> JSON state
+JOB_KEY_PREFIX = KEY_PREFIX + "job:"  # hash per job: model_id, status, times
+BATCH_STATS_PREFIX = KEY_PREFIX + "batches:"  # hash per model: batch counters
+REPLY_CHANNEL_PREFIX = KEY_PREFIX + "replies:"  # pub/sub channel per webapp process
+
+# Job states as the API names them.
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "queued", "running", "succeeded", "failed", "cancelled",
+)
+
+# Celery result states mapped to API job states.
+CELERY_TO_JOB_STATE = {
+    "SUCCESS": SUCCEEDED,
+    "FAILURE": FAILED,
+    "REVOKED": CANCELLED,
+    "STARTED": RUNNING,
+}
+
+
+def queue_for(model_id: str) -> str:
+    """The broker queue that carries jobs for `model_id`."""
+    return QUEUE_PREFIX + model_id
+
+
+def model_for_queue(queue: str) -> str | None:
+    """The model id behind an inference queue name, or None."""
+    return queue[len(QUEUE_PREFIX):] if queue.startswith(QUEUE_PREFIX) else None
+
+
+def job_key(job_id: str) -> str:
+    return JOB_KEY_PREFIX + job_id
+
+
+def result_key(job_id: str) -> str:
+    """Celery's Redis result backend key for a task id."""
+    return "celery-task-meta-" + job_id
+
+
+def batch_stats_key(model_id: str) -> str:
+    return BATCH_STATS_PREFIX + model_id
+
+
+# Atomically move queued jobs to running, unless they were cancelled.
+# KEYS: job keys; ARGV[1]: start time. Returns 1 per key that may run,
+# 0 per key that was cancelled. A key that does not exist (a job sent by a
+# plain Celery client, or whose record expired) may run.
+START_JOBS_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local status = redis.call('HGET', key, 'status')
+  if status == 'cancelled' then
+    out[i] = 0
+  else
+    if status then
+      redis.call('HSET', key, 'status', 'running', 'started_at', ARGV[1])
+    end
+    out[i] = 1
+  end
+end
+return out
+"""
+
+# Cancel a job that has not started. KEYS[1]: job key; ARGV[1]: time.
+# Returns {state, reply_to}: state is the job's status before the call
+# ('queued' means it is now cancelled) or '' when the job is unknown.
+CANCEL_JOB_LUA = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'', ''} end
+local reply_to = redis.call('HGET', KEYS[1], 'reply_to') or ''
+if status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+end
+return {status, reply_to}
+"""

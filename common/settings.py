@@ -1,0 +1,226 @@
+"""The one typed settings object, read from the environment.
+
+Both the webapp and the workers import this module, so it imports neither
+Flask nor torch. Every field has one environment variable; a bad value stops
+the process at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Mapping
+
+from common.errors import SettingsError
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+# Items per forward pass. Larger batches amortise per-call overhead but on a
+# CPU a big padded batch can be slower per text than a small one.
+DEFAULT_MAX_BATCH_SIZE = 32
+
+# Padded tokens per forward pass (items x longest sequence): bounds the
+# activation memory of one batch whatever the mix of lengths.
+DEFAULT_MAX_BATCH_TOKENS = 8192
+
+# Extra time a batch may wait for more items once the model is idle.
+# 0 = run as soon as the model is free; arrivals still accumulate while a
+# batch runs, which is where most batching comes from.
+DEFAULT_MAX_WAIT_MS = 0.0
+
+# Unacknowledged jobs one worker may hold (running + waiting to be batched).
+# Must exceed MAX_BATCH_SIZE, or prefetch silently caps the batch; small
+# enough that one worker cannot hoard a queue other workers could drain.
+DEFAULT_WORKER_PREFETCH = 128
+
+DEFAULT_CACHE_TTL = 3600
+DEFAULT_RESULT_TTL = 3600
+
+# Waiting jobs per model queue before POSTs are refused with 429.
+DEFAULT_MAX_QUEUE_DEPTH = 10_000
+
+DEFAULT_MAX_INPUT_CHARS = 20_000
+DEFAULT_MAX_ITEMS_PER_REQUEST = 256
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+# How long /predict waits by default, and the most a client may ask for.
+DEFAULT_WAIT_S = 30.0
+MAX_WAIT_S = 300.0
+
+# An unacknowledged message goes back to its queue after this long (Redis
+# broker). Longer than any job may take, or jobs run twice.
+DEFAULT_VISIBILITY_TIMEOUT = 3600
+
+# Workers refresh their entry in the registry this often; an entry older
+# than three intervals counts as a dead worker.
+DEFAULT_HEARTBEAT_S = 2.0
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_DEVICE_RE = re.compile(r"auto|cpu|cuda|cuda:\d+")  # use fullmatch
+MODEL_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # use fullmatch
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service; see the README's settings table."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    broker_url: str = ""  # "" = redis_url
+    result_backend: str = ""  # "" = redis_url
+    model_dir: Path = Path("models")
+    preload_models: tuple[str, ...] = ()
+    worker_device: str = "auto"
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS
+    worker_prefetch: int = DEFAULT_WORKER_PREFETCH
+    cache_ttl: int = DEFAULT_CACHE_TTL
+    result_ttl: int = DEFAULT_RESULT_TTL
+    max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH
+    max_input_chars: int = DEFAULT_MAX_INPUT_CHARS
+    max_items_per_request: int = DEFAULT_MAX_ITEMS_PER_REQUEST
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S
+    admin_token: str = ""
+    log_level: str = "INFO"
+
+    def __post_init__(self):
+        if not self.broker_url:
+            object.__setattr__(self, "broker_url", self.redis_url)
+        if not self.result_backend:
+            object.__setattr__(self, "result_backend", self.redis_url)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Build settings from `environ` (default os.environ); raise SettingsError."""
+        env = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            name = f.name.upper()
+            raw = env.get(name)
+            if raw is None or not raw.strip():
+                continue
+            values[f.name] = _PARSERS[f.name](name, raw.strip())
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raise SettingsError when fields disagree with each other."""
+        for name in ("redis_url", "broker_url", "result_backend"):
+            url = getattr(self, name)
+            if not re.match(r"^(redis|rediss|amqp|amqps|pyamqp|unix)://", url):
+                raise SettingsError(f"{name.upper()} must be a redis:// or amqp:// URL, got {url!r}")
+        if not re.match(r"^(redis|rediss|unix)://", self.redis_url):
+            raise SettingsError(f"REDIS_URL must be a redis:// URL, got {self.redis_url!r}")
+        if not re.match(r"^(redis|rediss|unix)://", self.result_backend):
+            raise SettingsError(
+                f"RESULT_BACKEND must be a redis:// URL (results are stored in Redis), "
+                f"got {self.result_backend!r}"
+            )
+        if self.worker_prefetch < self.max_batch_size:
+            raise SettingsError(
+                f"WORKER_PREFETCH ({self.worker_prefetch}) must be at least MAX_BATCH_SIZE "
+                f"({self.max_batch_size}), or prefetch would cap every batch"
+            )
+
+    def with_overrides(self, **changes) -> "Settings":
+        """A copy with some fields changed (tests, the app factory)."""
+        new = replace(self, **changes)
+        new.check()
+        return new
+
+
+def _int(minimum: int, maximum: int | None = None):
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise SettingsError(f"{name} must be {bounds}, got {value}")
+        return value
+
+    return parse
+
+
+def _float(minimum: float, maximum: float | None = None):
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+        if not value >= minimum or (maximum is not None and value > maximum):
+            bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise SettingsError(f"{name} must be {bounds}, got {raw}")
+        return value
+
+    return parse
+
+
+def _str(name: str, raw: str) -> str:
+    return raw
+
+
+def _path(name: str, raw: str) -> Path:
+    return Path(raw).expanduser()
+
+
+def _model_list(name: str, raw: str) -> tuple[str, ...]:
+    ids = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for model_id in ids:
+        if not MODEL_ID_RE.fullmatch(model_id):
+            raise SettingsError(f"{name} holds an invalid model id {model_id!r}")
+    return ids
+
+
+def _device(name: str, raw: str) -> str:
+    value = raw.lower()
+    if not _DEVICE_RE.fullmatch(value):
+        raise SettingsError(f"{name} must be auto, cpu, cuda or cuda:N, got {raw!r}")
+    return value
+
+
+def _log_level(name: str, raw: str) -> str:
+    value = raw.upper()
+    if value not in _LOG_LEVELS:
+        raise SettingsError(f"{name} must be one of {', '.join(_LOG_LEVELS)}, got {raw!r}")
+    return value
+
+
+_PARSERS = {
+    "redis_url": _str,
+    "broker_url": _str,
+    "result_backend": _str,
+    "model_dir": _path,
+    "preload_models": _model_list,
+    "worker_device": _device,
+    "max_batch_size": _int(1, 4096),
+    "max_batch_tokens": _int(1),
+    "max_wait_ms": _float(0.0, 10_000.0),
+    "worker_prefetch": _int(1, 100_000),
+    "cache_ttl": _int(0),
+    "result_ttl": _int(1),
+    "max_queue_depth": _int(1),
+    "max_input_chars": _int(1),
+    "max_items_per_request": _int(1, 100_000),
+    "max_body_bytes": _int(1024),
+    "visibility_timeout": _int(1),
+    "heartbeat_s": _float(0.1, 60.0),
+    "admin_token": _str,
+    "log_level": _log_level,
+}
+
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    global _settings
+    if _settings is None:
+        _settings = Settings.from_env()
+    return _settings

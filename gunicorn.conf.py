@@ -1,0 +1,41 @@
+"""gunicorn settings for `gunicorn 'webapp:create_app()'` (read from the working directory).
+
+Each /predict waits for its result on a thread, so the thread count, not
+the CPU count, bounds how many requests wait at once. Override any of
+these on the command line or with GUNICORN_CMD_ARGS.
+"""
+
+import os
+import shutil
+import tempfile
+
+bind = os.environ.get("WEB_BIND", "0.0.0.0:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("WEB_THREADS", "64"))
+# /predict may wait up to 300 s (options.wait); gthread workers stay alive
+# while their threads wait, so this only bounds a truly stuck worker.
+timeout = 360
+graceful_timeout = 30
+keepalive = 5
+accesslog = os.environ.get("WEB_ACCESS_LOG") or None
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+
+# Prometheus: every worker process writes its counters to files here and
+# /metrics adds them up, whichever process answers the scrape.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="atf-prometheus-")
+    _owned_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+else:
+    _owned_metrics_dir = None
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _owned_metrics_dir:
+        shutil.rmtree(_owned_metrics_dir, ignore_errors=True)

@@ -1,0 +1,31 @@
+"""The Celery app of the workers: `celery -A tasks worker`.
+
+Importing this package is cheap (no torch): Flower and the `celery control`
+CLI import it too. torch and transformers are imported when a worker loads
+its first model.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from celery import Celery
+
+from common.errors import SettingsError
+from common.settings import get_settings
+
+try:
+    get_settings()
+except SettingsError as exc:
+    print(f"tasks: bad setting: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+app = Celery("tasks")
+app.config_from_object("celeryconfig")
+
+from tasks import inference  # noqa: E402  (registers tasks.infer)
+from tasks.serving import ModelServing  # noqa: E402
+
+app.steps["consumer"].add(ModelServing)
+
+__all__ = ["app"]

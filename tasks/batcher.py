@@ -1,0 +1,217 @@
+"""The batching loop: items of many jobs through one forward pass.
+
+The consumer thread hands each received job to `submit()`. One device
+thread per worker encodes the jobs' items, and runs the next batch the
+moment the device is idle; while a batch runs, arrivals pile up and form
+the next one. No timer: a lone request runs at once; MAX_WAIT_MS may add a
+bounded wait for company.
+
+All forward passes of a worker run on this one thread, whatever the
+model: on the CPU, torch's OpenMP pool measured about 2x slower per pass
+when a second thread also ran passes, and on one GPU concurrent passes
+only queue behind each other.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+
+from common.errors import InferenceFailed, ServiceError
+from tasks.jobs import Job
+from tasks.planning import Item, plan_batch, run_isolating
+
+log = logging.getLogger(__name__)
+
+
+class Lane:
+    """One loaded model's jobs: received, and encoded items waiting to run."""
+
+    def __init__(self, model):
+        self.model = model
+        self.runner = model.runner
+        self.incoming: list[Job] = []  # guarded by the batcher's condition
+        self.incoming_items = 0
+        self.waiting: list[Item] = []  # device thread only
+        self.in_hand = 0  # jobs received and not finished
+
+    def oldest(self) -> float | None:
+        """Receipt time of the oldest job with work here, or None when idle."""
+        if self.waiting:
+            return self.waiting[0].job.received_at
+        if self.incoming:
+            return self.incoming[0].received_at
+        return None
+
+
+class Batcher:
+    """Runs the batches of every model a worker serves, on one device thread."""
+
+    def __init__(self, settings, reporter):
+        self.reporter = reporter
+        self.max_items = settings.max_batch_size
+        self.max_tokens = settings.max_batch_tokens
+        self.max_wait_s = settings.max_wait_ms / 1000.0
+        self._cond = threading.Condition()
+        self._lanes: dict[str, Lane] = {}
+        self._seq = itertools.count()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="device-batcher", daemon=True)
+
+    def start(self) -> "Batcher":
+        self._thread.start()
+        return self
+
+    def add_model(self, model) -> None:
+        with self._cond:
+            self._lanes.setdefault(model.model_id, Lane(model))
+
+    def serves(self, model_id: str) -> bool:
+        return model_id in self._lanes
+
+    def models(self) -> list[str]:
+        return list(self._lanes)
+
+    def active(self) -> int:
+        """Jobs received and not yet finished, all models together."""
+        return sum(lane.in_hand for lane in list(self._lanes.values()))
+
+    def submit(self, job: Job) -> bool:
+        """Take a job (consumer thread); False when its model is not served here."""
+        with self._cond:
+            lane = self._lanes.get(job.model_id)
+            if lane is None:
+                return False
+            lane.incoming.append(job)
+            lane.incoming_items += len(job.inputs)
+            lane.in_hand += 1
+            self._cond.notify()
+        return True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the batch in flight, then stop; unstarted jobs stay unacknowledged.
+
+        Their messages go back to the queue when the worker's broker
+        connection closes, so another worker (or this one, restarted) runs them.
+        """
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    # -- the device thread -----------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not any(l.incoming or l.waiting for l in self._lanes.values()):
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                arrivals = []
+                for lane in self._lanes.values():
+                    if lane.incoming:
+                        arrivals.append((lane, lane.incoming))
+                        lane.incoming, lane.incoming_items = [], 0
+            try:
+                for lane, jobs in arrivals:
+                    self._admit(lane, jobs)
+                lane = self._next_lane()
+                if lane is None:
+                    continue
+                if self.max_wait_s and self._linger(lane):
+                    continue
+                batch = plan_batch(lane.waiting, self.max_items, self.max_tokens)
+                chosen = set(map(id, batch))
+                lane.waiting = [it for it in lane.waiting if id(it) not in chosen]
+                self._run(lane, batch)
+            except Exception:  # noqa: BLE001 - the loop must survive anything
+                log.exception("batching round failed; continuing")
+                time.sleep(0.1)
+
+    def _next_lane(self) -> Lane | None:
+        """The lane whose oldest waiting item is oldest: no model starves another."""
+        best, best_seq = None, None
+        for lane in self._lanes.values():
+            lane.waiting = [it for it in lane.waiting if not it.job.done]
+            if lane.waiting and (best_seq is None or lane.waiting[0].seq < best_seq):
+                best, best_seq = lane, lane.waiting[0].seq
+        return best
+
+    def _linger(self, lane: Lane) -> bool:
+        """True (after a short wait) when the batch should wait for more items."""
+        if len(lane.waiting) >= self.max_items:
+            return False
+        remaining = lane.waiting[0].job.received_at + self.max_wait_s - time.time()
+        if remaining <= 0:
+            return False
+        with self._cond:
+            if not lane.incoming and not self._stopping:
+                self._cond.wait(remaining)
+        return True
+
+    def _admit(self, lane: Lane, jobs: list[Job]) -> None:
+        """Encode new jobs' items and queue them; a job that fails encoding ends here."""
+        failed = []
+        for job in jobs:
+            try:
+                encodings = lane.runner.encode(job.inputs, job.params)
+            except ServiceError as exc:
+                job.fail(exc)
+                failed.append(job)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a tokenizer crash fails only this job
+                job.fail(InferenceFailed(f"cannot encode the inputs: {type(exc).__name__}: {exc}"))
+                failed.append(job)
+                continue
+            for index, enc in enumerate(encodings):
+                lane.waiting.append(Item(job, index, enc, enc.length, job.params_key, next(self._seq)))
+        if failed:
+            self._finish(lane, failed)
+
+    def _run(self, lane: Lane, batch: list[Item]) -> None:
+        jobs = list(dict.fromkeys(it.job for it in batch))
+        fresh = [job for job in jobs if job.started_at is None]
+        if fresh:
+            cancelled = self.reporter.start(fresh)
+            if cancelled:
+                self._finish(lane, cancelled)
+                batch = [it for it in batch if not it.job.cancelled]
+                jobs = [job for job in jobs if not job.cancelled]
+                if not batch:
+                    return
+        params = batch[0].job.params
+        runner = lane.runner
+
+        def run(items):
+            return runner.run([it.encoding for it in items], params)
+
+        def on_outputs(items, outputs):
+            for item, output in zip(items, outputs):
+                item.job.outputs[item.index] = output
+                item.job.remaining -= 1
+
+        def on_error(item, exc):
+            if isinstance(exc, ServiceError):
+                item.job.fail(exc)
+            else:
+                log.warning("model %s failed on an item of job %s: %r", lane.model.model_id, item.job.id, exc)
+                item.job.fail(InferenceFailed(
+                    f"the model failed on inputs[{item.index}]: {type(exc).__name__}: {exc}"))
+
+        started = time.perf_counter()
+        passes = run_isolating(batch, run, on_outputs, on_error)
+        elapsed = time.perf_counter() - started
+        for job in jobs:
+            job.forward_s += elapsed
+            job.largest_batch = max(job.largest_batch, len(batch))
+        self._finish(lane, [job for job in jobs if job.done], batch_size=len(batch), forward_s=elapsed,
+                     passes=passes)
+
+    def _finish(self, lane: Lane, jobs: list[Job], **batch_stats) -> None:
+        self.reporter.finish(lane.model.model_id, jobs, **batch_stats)
+        if jobs:
+            with self._cond:
+                lane.in_hand -= len(jobs)

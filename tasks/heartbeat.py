@@ -1,0 +1,56 @@
+"""The worker's entry in the registry the webapp reads (WORKERS_KEY).
+
+Every few seconds the worker writes what it serves; the webapp treats an
+entry older than three intervals as a dead worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import redis
+
+from common.protocol import WORKERS_KEY
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """Refreshes this worker's registry entry on a background thread."""
+
+    def __init__(self, redis_url: str, name: str, interval: float, state):
+        self._redis = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
+        self.name = name
+        self.interval = interval
+        self._state = state  # callable -> dict
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> "Heartbeat":
+        self.beat()
+        self._thread.start()
+        return self
+
+    def beat(self) -> None:
+        """Write the entry now (also after a model is loaded or unloaded)."""
+        entry = dict(self._state(), name=self.name, updated_at=time.time())
+        try:
+            self._redis.hset(WORKERS_KEY, self.name, json.dumps(entry))
+        except (redis.RedisError, OSError) as exc:
+            log.warning("heartbeat not written: %s", exc)
+
+    def stop(self) -> None:
+        """Stop beating and remove the entry: the webapp sees the worker gone at once."""
+        self._stop.set()
+        self._thread.join(self.interval + 1)
+        try:
+            self._redis.hdel(WORKERS_KEY, self.name)
+        except (redis.RedisError, OSError):
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat()

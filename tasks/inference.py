@@ -1,0 +1,47 @@
+"""The inference task, `tasks.infer(model_id, inputs, parameters, is_list)`.
+
+In a worker, messages of this task never reach `run()`: the batching
+strategy (tasks.consumer) takes them and runs them in batches. `run()` is
+what a direct call does (`infer("minilm", ["text"])`, `infer.apply(...)`):
+the same model code, in this process, without a broker.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from common.params import validate_parameters
+from common.protocol import INFER_TASK
+from common.settings import get_settings
+from model_store.store import ModelStore
+from tasks import app
+
+_local = threading.local()
+
+
+def _local_registry():
+    from model_store.devices import detect_device
+    from model_store.registry import ModelRegistry
+
+    registry = getattr(_local, "registry", None)
+    if registry is None:
+        settings = get_settings()
+        registry = _local.registry = ModelRegistry(ModelStore(settings.model_dir), detect_device(settings.worker_device))
+    return registry
+
+
+@app.task(name=INFER_TASK, Strategy="tasks.consumer:batching_strategy", acks_late=True, typing=False)
+def infer(model_id, inputs, parameters=None, is_list=None):
+    """Run `inputs` through `model_id` and return outputs in the shape of `inputs`."""
+    settings = get_settings()
+    registry = _local_registry()
+    loaded = registry.load(model_id)
+    single = not isinstance(inputs, list) if is_list is None else not is_list
+    items = [inputs] if not isinstance(inputs, list) else inputs
+    defaults = {"pooling": loaded.info.pooling} if loaded.task == "feature-extraction" else None
+    params = validate_parameters(loaded.task, parameters, defaults)
+    encodings = loaded.runner.encode(items, params)
+    outputs = []
+    for start in range(0, len(encodings), settings.max_batch_size):
+        outputs.extend(loaded.runner.run(encodings[start:start + settings.max_batch_size], params))
+    return outputs[0] if single else outputs

@@ -1,0 +1,106 @@
+"""A job as the worker holds it: one Celery task message with 1..N items."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from common.errors import ServiceError, ValidationFailed
+
+
+class InvalidJob(Exception):
+    """Raised when a task message cannot be read as an inference job."""
+
+    def __init__(self, job_id: str | None, reason: str):
+        super().__init__(reason)
+        self.job_id = job_id
+
+
+@dataclass(eq=False)
+class Job:
+    """One job in the worker, from receipt to its stored result and ack."""
+
+    id: str
+    model_id: str
+    inputs: list
+    params: dict
+    is_list: bool
+    reply_to: str | None = None
+    message: object = None
+    ack: object = None
+    reject: object = None
+    received_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    outputs: list = field(default_factory=list)
+    remaining: int = 0
+    error: ServiceError | None = None
+    cancelled: bool = False
+    largest_batch: int = 0
+    forward_s: float = 0.0
+
+    def __post_init__(self):
+        self.params_key = json.dumps(self.params, sort_keys=True)
+        self.outputs = [None] * len(self.inputs)
+        self.remaining = len(self.inputs)
+
+    @property
+    def done(self) -> bool:
+        return self.cancelled or self.error is not None or self.remaining == 0
+
+    def fail(self, error: ServiceError) -> None:
+        if self.error is None:
+            self.error = error
+
+    def result(self):
+        """The outputs in the shape of the inputs: one output, or a list."""
+        return self.outputs if self.is_list else self.outputs[0]
+
+    def timings(self, finished_at: float) -> dict:
+        started = self.started_at or finished_at
+        return {
+            "worker_queue_ms": round((started - self.received_at) * 1000, 2),
+            "inference_ms": round(self.forward_s * 1000, 2),
+            "worker_ms": round((finished_at - self.received_at) * 1000, 2),
+            "batch_size": self.largest_batch,
+        }
+
+
+def job_from_message(message, **extra) -> Job:
+    """Read a task message of `tasks.infer`; raise InvalidJob when it is not one."""
+    headers = message.headers or {}
+    job_id = headers.get("id")
+    if not job_id:
+        raise InvalidJob(None, "task message has no id")
+    try:
+        args, kwargs, _embed = message.decode()
+    except Exception as exc:  # noqa: BLE001 - any undecodable body is an invalid job
+        raise InvalidJob(job_id, f"cannot decode the message body: {exc}") from None
+    names = ("model_id", "inputs", "parameters", "is_list")
+    if len(args) > len(names):
+        raise InvalidJob(job_id, f"tasks.infer takes at most {len(names)} arguments")
+    call = dict(zip(names, args))
+    call.update(kwargs or {})
+    unknown = set(call) - set(names)
+    if unknown:
+        raise InvalidJob(job_id, f"unknown argument(s): {', '.join(sorted(unknown))}")
+    model_id, inputs = call.get("model_id"), call.get("inputs")
+    params = call.get("parameters") or {}
+    if not isinstance(model_id, str) or not model_id:
+        raise InvalidJob(job_id, "model_id must be a non-empty string")
+    is_list = call.get("is_list")
+    if is_list is None:
+        is_list = isinstance(inputs, list)
+    if not isinstance(inputs, list):
+        inputs = [inputs]
+    if not inputs:
+        raise InvalidJob(job_id, "inputs is empty")
+    if not isinstance(params, dict):
+        raise InvalidJob(job_id, "parameters must be an object")
+    reply_to = (message.properties or {}).get("reply_to") or None
+    return Job(id=job_id, model_id=model_id, inputs=inputs, params=params, is_list=bool(is_list),
+               reply_to=reply_to, message=message, **extra)
+
+
+def invalid_job_error(exc: InvalidJob) -> ValidationFailed:
+    return ValidationFailed(f"invalid inference job: {exc}")

@@ -1,0 +1,52 @@
+"""The HTTP API: a Flask app factory, run by gunicorn.
+
+    gunicorn 'webapp:create_app()'
+
+The webapp validates requests, publishes jobs to the per-model Celery
+queues and waits for their results. It never imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from flask import Flask
+
+from common.errors import SettingsError
+from common.settings import Settings, get_settings
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the app; `test_config` may hold SETTINGS (a Settings) and Flask keys."""
+    test_config = dict(test_config or {})
+    try:
+        settings = test_config.pop("SETTINGS", None) or get_settings()
+    except SettingsError as exc:
+        # gunicorn would print a traceback; the variable's name is what matters.
+        print(f"webapp: bad setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+    app = Flask(__name__)
+    app.config.update(
+        SETTINGS=settings,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        JSON_SORT_KEYS=False,
+    )
+    app.config.update(test_config)
+    app.json.sort_keys = False
+    app.json.compact = True
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from webapp import errors, metrics, services
+    from webapp.views import docs, health, inventory, predict
+
+    services.init_app(app, settings)
+    errors.init_app(app)
+    metrics.init_app(app)
+    for blueprint in (predict.bp, health.bp, inventory.bp, docs.bp):
+        app.register_blueprint(blueprint)
+    return app
+
+
+__all__ = ["create_app", "Settings"]

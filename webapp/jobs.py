@@ -1,0 +1,282 @@
+"""Jobs as the webapp sees them: publish, read, wait, cancel.
+
+A job is one Celery task message (task id = job id) on `infer.<model_id>`,
+plus a small record `atf:job:<id>` next to its result that says which model
+it is for and whether it is queued, running or cancelled. The result itself
+lives in Celery's own result key, so any Celery client can read it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from datetime import datetime, timezone
+
+import redis
+from celery import Celery
+from kombu.exceptions import ChannelError, KombuError, OperationalError
+
+from common import protocol
+from common.errors import (
+    BrokerUnavailable,
+    JobCancelled,
+    JobNotCancellable,
+    JobNotFound,
+    QueueFull,
+    ServiceError,
+    error_from_stored,
+)
+from common.settings import Settings
+from webapp.results import ResultListener, Waiter, wait_for
+
+log = logging.getLogger(__name__)
+
+# How long a queue-depth reading is trusted; bounds the cost of the
+# MAX_QUEUE_DEPTH check to a few broker calls per second per process.
+QUEUE_DEPTH_CACHE_S = 0.5
+READY_STATES = ("SUCCESS", "FAILURE", "REVOKED")
+_REDIS_ERRORS = (redis.RedisError, OSError)
+
+
+def make_celery_client() -> Celery:
+    """A Celery app that only publishes: it knows task names, not task code."""
+    app = Celery("webapp", set_as_current=False)
+    app.config_from_object("celeryconfig")
+    return app
+
+
+class JobService:
+    """Publishes jobs and reads their state; one per webapp process."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        options = dict(socket_connect_timeout=2, socket_timeout=10, health_check_interval=30)
+        self.redis = redis.Redis.from_url(settings.redis_url, **options)
+        # Job records live beside the results, in the result backend.
+        self.results = (
+            self.redis
+            if settings.result_backend == settings.redis_url
+            else redis.Redis.from_url(settings.result_backend, **options)
+        )
+        self.celery = make_celery_client()
+        self.listener = ResultListener(settings.result_backend)
+        self._cancel = self.results.register_script(protocol.CANCEL_JOB_LUA)
+        self._depths: dict[str, tuple[float, int]] = {}
+
+    # -- publishing -------------------------------------------------------
+
+    def submit(self, model_id: str, items, is_list: bool, parameters: dict, wait: bool) -> tuple[str, Waiter | None]:
+        """Record and publish one job; return its id and, if `wait`, a waiter."""
+        self._check_queue_depth(model_id)
+        job_id = str(uuid.uuid4())
+        waiter = None
+        if wait:
+            self.listener.ensure_started()
+            waiter = self.listener.register(job_id)
+        key = protocol.job_key(job_id)
+        try:
+            with self.results.pipeline(transaction=False) as pipe:
+                pipe.hset(key, mapping={
+                    "model_id": model_id,
+                    "status": protocol.QUEUED,
+                    "created_at": repr(time.time()),
+                    "items": len(items),
+                    "reply_to": self.listener.channel,
+                })
+                pipe.expire(key, self.settings.result_ttl)
+                pipe.execute()
+            self.celery.send_task(
+                protocol.INFER_TASK,
+                kwargs={
+                    "model_id": model_id,
+                    "inputs": list(items),
+                    "parameters": parameters,
+                    "is_list": is_list,
+                },
+                task_id=job_id,
+                queue=protocol.queue_for(model_id),
+                reply_to=self.listener.channel,
+                # Results are always stored by our workers; this only stops
+                # Celery from subscribing per task in this process.
+                ignore_result=True,
+                retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
+            )
+        except _REDIS_ERRORS + (KombuError, OperationalError) as exc:
+            if waiter is not None:
+                self.listener.discard(job_id)
+            try:
+                self.results.delete(key)
+            except _REDIS_ERRORS:
+                pass
+            raise BrokerUnavailable(f"cannot queue the job: {exc}") from None
+        return job_id, waiter
+
+    def _check_queue_depth(self, model_id: str) -> None:
+        now = time.monotonic()
+        cached = self._depths.get(model_id)
+        if cached and now - cached[0] < QUEUE_DEPTH_CACHE_S:
+            depth = cached[1]
+        else:
+            depth = self.queue_depth(model_id)
+            self._depths[model_id] = (now, depth)
+        if depth >= self.settings.max_queue_depth:
+            raise QueueFull(
+                f"{depth} jobs wait for model {model_id!r} (MAX_QUEUE_DEPTH="
+                f"{self.settings.max_queue_depth}); retry later",
+                retry_after=1,
+            )
+
+    def queue_depth(self, model_id: str) -> int:
+        """Messages waiting in the model's queue (0 when it does not exist yet)."""
+        try:
+            with self.celery.pool.acquire(block=True, timeout=5) as conn:
+                channel = conn.channel()
+                try:
+                    ok = channel.queue_declare(queue=protocol.queue_for(model_id), passive=True)
+                    return int(ok.message_count)
+                except ChannelError:
+                    return 0
+                finally:
+                    try:
+                        channel.close()
+                    except Exception:  # noqa: BLE001 - a closed channel is fine
+                        pass
+        except (KombuError, OperationalError) + _REDIS_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot reach the broker: {exc}") from None
+
+    # -- reading ----------------------------------------------------------
+
+    def wait(self, waiter: Waiter, timeout: float) -> dict | None:
+        """The job's final result payload, or None if `timeout` runs out."""
+        try:
+            return wait_for(waiter, timeout, lambda: self._read_final(waiter.job_id))
+        finally:
+            self.listener.discard(waiter.job_id)
+
+    def _read_final(self, job_id: str) -> dict | None:
+        try:
+            raw = self.results.get(protocol.result_key(job_id))
+        except _REDIS_ERRORS:
+            return None
+        if raw is None:
+            return None
+        meta = json.loads(raw)
+        return meta if meta.get("status") in READY_STATES else None
+
+    def status(self, job_id: str) -> dict:
+        """GET /jobs/<id>: the job's state, with its result or error when done."""
+        try:
+            with self.results.pipeline(transaction=False) as pipe:
+                pipe.hgetall(protocol.job_key(job_id))
+                pipe.get(protocol.result_key(job_id))
+                record, raw_meta = pipe.execute()
+        except _REDIS_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot read the job from Redis: {exc}") from None
+        if not record and raw_meta is None:
+            raise JobNotFound(f"no job {job_id!r} (unknown, or expired after RESULT_TTL)")
+        record = {k.decode(): v.decode() for k, v in record.items()}
+        meta = json.loads(raw_meta) if raw_meta is not None else None
+        body = {
+            "job_id": job_id,
+            "model_id": record.get("model_id"),
+            "status": record.get("status", protocol.QUEUED),
+            "created_at": _iso(record.get("created_at")),
+        }
+        for name in ("started_at", "finished_at"):
+            if record.get(name):
+                body[name] = _iso(record[name])
+        if meta and meta.get("status") in READY_STATES:
+            body["status"], result, error = outcome(meta)
+            if error is None:
+                body["result"] = result
+            else:
+                body["error"] = error.to_dict()["error"]
+        return body
+
+    # -- cancelling -------------------------------------------------------
+
+    def cancel(self, job_id: str) -> dict:
+        """Cancel a job that has not started; 409 once it runs or is done."""
+        now = time.time()
+        try:
+            before, reply_to = self._cancel(keys=[protocol.job_key(job_id)], args=[repr(now)])
+        except _REDIS_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot reach Redis: {exc}") from None
+        before, reply_to = before.decode(), reply_to.decode()
+        if not before:
+            raise JobNotFound(f"no job {job_id!r} (unknown, or expired after RESULT_TTL)")
+        if before == protocol.QUEUED:
+            self._store_cancelled(job_id, reply_to)
+        elif before != protocol.CANCELLED:
+            raise JobNotCancellable(f"job {job_id} is {before}; only a queued job can be cancelled")
+        return {"job_id": job_id, "status": protocol.CANCELLED}
+
+    def _store_cancelled(self, job_id: str, reply_to: str) -> None:
+        # Stored as Celery stores a revoked task, and published so a request
+        # waiting on the job (in any webapp process) answers at once.
+        meta = json.dumps({
+            "status": "REVOKED",
+            "result": {"exc_type": "JobCancelled", "exc_message": ["the job was cancelled"],
+                       "exc_module": "common.errors"},
+            "traceback": None,
+            "children": [],
+            "date_done": datetime.now(timezone.utc).isoformat(),
+            "task_id": job_id,
+        })
+        key = protocol.result_key(job_id)
+        with self.results.pipeline(transaction=False) as pipe:
+            pipe.setex(key, self.settings.result_ttl, meta)
+            pipe.publish(key, meta)
+            if reply_to:
+                pipe.publish(reply_to, meta)
+            pipe.execute()
+
+    # -- health -----------------------------------------------------------
+
+    def check_broker(self) -> str | None:
+        """None when the broker answers, else why not."""
+        try:
+            if self.settings.broker_url == self.settings.redis_url:
+                self.redis.ping()
+            else:
+                with self.celery.connection_for_write() as conn:
+                    conn.ensure_connection(max_retries=1, timeout=2)
+        except (KombuError, OperationalError) + _REDIS_ERRORS as exc:
+            return str(exc) or type(exc).__name__
+        return None
+
+    def check_results(self) -> str | None:
+        """None when the result store answers, else why not."""
+        try:
+            self.results.ping()
+        except _REDIS_ERRORS as exc:
+            return str(exc) or type(exc).__name__
+        return None
+
+
+def outcome(meta: dict) -> tuple[str, object, ServiceError | None]:
+    """(status, result, error) of a finished job, from its Celery result meta."""
+    state = meta.get("status")
+    if state == "SUCCESS":
+        return protocol.SUCCEEDED, meta.get("result"), None
+    if state == "REVOKED":
+        return protocol.CANCELLED, None, JobCancelled("the job was cancelled")
+    return protocol.FAILED, None, error_from_meta(meta)
+
+
+def error_from_meta(meta: dict):
+    """The ServiceError a failed or revoked job's meta describes."""
+    result = meta.get("result") or {}
+    if not isinstance(result, dict):
+        return error_from_stored(None, str(result))
+    args = result.get("exc_message") or []
+    message = args[0] if isinstance(args, list) and args else str(args)
+    return error_from_stored(result.get("exc_type"), str(message))
+
+
+def _iso(timestamp: str | None) -> str | None:
+    if not timestamp:
+        return None
+    return datetime.fromtimestamp(float(timestamp), timezone.utc).isoformat()

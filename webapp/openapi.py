@@ -1,0 +1,145 @@
+"""The OpenAPI 3 document of every endpoint, served at /openapi.json."""
+
+from __future__ import annotations
+
+from common.params import TASK_PARAMS
+from common.settings import MAX_WAIT_S, Settings
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _error(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+
+
+def _json(schema: dict, description: str, headers: dict | None = None) -> dict:
+    out = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+_LOCATION = {"Location": {"schema": {"type": "string"}, "description": "URL of the job"}}
+
+
+def build_openapi(settings: Settings) -> dict:
+    """The document, with the limits of this deployment filled in."""
+    params = {
+        task: {
+            p.name: {"type": {"bool": "boolean", "int": "integer", "float": "number", "enum": "string"}[p.kind],
+                     **({"enum": list(p.choices)} if p.choices else {}),
+                     "description": p.doc}
+            for p in spec
+        }
+        for task, spec in TASK_PARAMS.items()
+    }
+    item = {"type": "string", "minLength": 1, "maxLength": settings.max_input_chars}
+    predict_body = {
+        "type": "object",
+        "required": ["model_id"],
+        "additionalProperties": False,
+        "properties": {
+            "model_id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", "example": "minilm"},
+            "inputs": {
+                "oneOf": [item, {"type": "array", "items": item, "minItems": 1,
+                                 "maxItems": settings.max_items_per_request}],
+                "example": "The quick brown fox jumps over the lazy dog.",
+            },
+            "text": {"description": "alias of inputs", "oneOf": [item, {"type": "array", "items": item}]},
+            "parameters": {
+                "type": "object",
+                "description": "task parameters; per task: "
+                + "; ".join(f"{t}: {', '.join(p) or 'none'}" for t, p in params.items()),
+                "properties": {k: v for spec in params.values() for k, v in spec.items()},
+            },
+            "options": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "wait": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 30,
+                             "description": "seconds /predict waits before answering 202 with the job's URL"},
+                    "use_cache": {"type": "boolean", "default": True},
+                },
+            },
+        },
+    }
+    job = {
+        "type": "object",
+        "properties": {
+            "job_id": {"type": "string"},
+            "model_id": {"type": "string"},
+            "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+            "result": {"description": "the shape of inputs: one output, or a list in order"},
+            "error": {"$ref": "#/components/schemas/ErrorBody"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "started_at": {"type": "string", "format": "date-time"},
+            "finished_at": {"type": "string", "format": "date-time"},
+        },
+    }
+    accepted = {
+        "type": "object",
+        "properties": {"job_id": {"type": "string"}, "status": {"type": "string"},
+                       "status_url": {"type": "string"}},
+    }
+    body_errors = {
+        "400": _error("the body is not valid JSON"),
+        "404": _error("the model is not in the store"),
+        "413": _error(f"the body exceeds {settings.max_body_bytes} bytes"),
+        "422": _error("validation failed: missing or empty inputs, bad parameter, input too long, too many items"),
+        "429": _error("the model's queue is full; see Retry-After"),
+        "503": _error("no worker serves the model, or the broker is down"),
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Async Transformer Framework",
+            "version": "0.1.0",
+            "description": "Serve Hugging Face transformers models over HTTP; requests are pooled "
+                           "into batches by Celery workers.",
+        },
+        "paths": {
+            "/predict": {"post": {
+                "summary": "Run inputs through a model and wait for the result",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": predict_body}}},
+                "responses": {
+                    "200": _json({"type": "object", "properties": {
+                        "job_id": {"type": "string"}, "model_id": {"type": "string"},
+                        "status": {"type": "string"}, "result": {}, "cached": {"type": "boolean"},
+                        "timings": {"type": "object"}}}, "the job succeeded"),
+                    "202": _json(accepted, "not done within options.wait; poll status_url", _LOCATION),
+                    "424": _error("the model failed on an input"),
+                    **body_errors,
+                },
+            }},
+            "/jobs": {"post": {
+                "summary": "Queue inputs for a model",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": predict_body}}},
+                "responses": {"202": _json(accepted, "queued", _LOCATION), **body_errors},
+            }},
+            "/jobs/{job_id}": {
+                "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "get": {"summary": "A job's status and result",
+                        "responses": {"200": _json(job, "the job"), "404": _error("unknown or expired job")}},
+                "delete": {"summary": "Cancel a job that has not started",
+                           "responses": {"200": _json(accepted, "cancelled"),
+                                         "404": _error("unknown or expired job"),
+                                         "409": _error("the job already runs or has finished")}},
+            },
+            "/models": {"get": {"summary": "Every model in the store and where it is loaded",
+                                "responses": {"200": _json({"type": "object"}, "the models")}}},
+            "/workers": {"get": {"summary": "Live workers",
+                                 "responses": {"200": _json({"type": "array"}, "the workers")}}},
+            "/health": {"get": {"summary": "Readiness of broker, result store and workers",
+                                "responses": {"200": _json({"type": "object"}, "ready"),
+                                              "503": _json({"type": "object"}, "not ready, with the reason")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics",
+                                 "responses": {"200": {"description": "text exposition format",
+                                                       "content": {"text/plain": {}}}}}},
+        },
+        "components": {"schemas": {
+            "ErrorBody": {"type": "object", "required": ["type", "message"],
+                          "properties": {"type": {"type": "string"}, "message": {"type": "string"}}},
+            "Error": {"type": "object", "required": ["error"],
+                      "properties": {"error": {"$ref": "#/components/schemas/ErrorBody"}}},
+        }},
+    }

@@ -1,0 +1,138 @@
+"""One result listener per webapp process.
+
+Each webapp process subscribes once to its own reply channel and names it
+as the `reply_to` of every job it publishes. Workers publish each finished
+job's result there, and the listener wakes the request waiting for it. No
+request polls the result store, and no per-job subscription is made.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+
+import redis
+
+from common.protocol import REPLY_CHANNEL_PREFIX
+
+log = logging.getLogger(__name__)
+
+# After this long without a message a waiter re-reads the result store
+# once: covers a publish lost while the listener was reconnecting.
+RECHECK_S = 1.0
+
+
+class Waiter:
+    """A request waiting for one job's result."""
+
+    __slots__ = ("job_id", "event", "payload")
+
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+        self.event = threading.Event()
+        self.payload: dict | None = None
+
+    def deliver(self, payload: dict) -> None:
+        self.payload = payload
+        self.event.set()
+
+
+class ResultListener:
+    """Subscribes to this process's reply channel and wakes waiters."""
+
+    def __init__(self, redis_url: str):
+        self._redis_url = redis_url
+        self.channel = f"{REPLY_CHANNEL_PREFIX}{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._waiters: dict[str, Waiter] = {}
+        self._lock = threading.Lock()
+        self._started_pid: int | None = None
+        self._subscribed = threading.Event()
+        self._stop = threading.Event()
+
+    def ensure_started(self, timeout: float = 5.0) -> bool:
+        """Start the listener thread in this process; True once subscribed."""
+        if self._started_pid != os.getpid():
+            with self._lock:
+                if self._started_pid != os.getpid():
+                    # A fork (gunicorn --preload) copies no threads: start anew.
+                    self.channel = (
+                        f"{REPLY_CHANNEL_PREFIX}{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+                    )
+                    self._waiters = {}
+                    self._subscribed.clear()
+                    self._started_pid = os.getpid()
+                    threading.Thread(target=self._run, name="result-listener", daemon=True).start()
+        return self._subscribed.wait(timeout)
+
+    def register(self, job_id: str) -> Waiter:
+        waiter = Waiter(job_id)
+        self._waiters[job_id] = waiter
+        return waiter
+
+    def discard(self, job_id: str) -> None:
+        self._waiters.pop(job_id, None)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            pubsub = None
+            try:
+                client = redis.Redis.from_url(self._redis_url, health_check_interval=10)
+                pubsub = client.pubsub(ignore_subscribe_messages=False)
+                pubsub.subscribe(self.channel)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        self._subscribed.set()
+                        backoff = 0.1
+                    elif message["type"] == "message":
+                        self._dispatch(message["data"])
+            except (redis.RedisError, OSError) as exc:
+                self._subscribed.clear()
+                log.warning("result listener lost Redis (%s); reconnecting in %.1fs", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # noqa: BLE001 - closing a broken connection
+                        pass
+
+    def _dispatch(self, data: bytes) -> None:
+        try:
+            payload = json.loads(data)
+            job_id = payload["task_id"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring malformed reply on %s", self.channel)
+            return
+        waiter = self._waiters.get(job_id)
+        if waiter is not None:
+            waiter.deliver(payload)
+
+
+def wait_for(waiter: Waiter, timeout: float, recheck) -> dict | None:
+    """Wait up to `timeout` s for the waiter's payload.
+
+    `recheck()` reads the result store directly; it runs once per
+    RECHECK_S of silence, so a lost publish costs at most that long.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        if waiter.event.wait(min(remaining, RECHECK_S)):
+            return waiter.payload
+        payload = recheck()
+        if payload is not None:
+            return payload
