@@ -15,6 +15,10 @@ broker_transport_options = {
     # An unacknowledged message returns to its queue after this long when
     # its worker died (Redis broker; RabbitMQ redelivers on disconnect).
     "visibility_timeout": _s.visibility_timeout,
+    # Look for such messages every few seconds (one ZRANGE per worker), not
+    # kombu's default of every ~100 s, so redelivery follows the timeout.
+    "unacked_restore_interval": max(1, min(10, _s.visibility_timeout // 4)),
+    "unacked_restore_throttle": 1,
 }
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
 

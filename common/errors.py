@@ -14,7 +14,7 @@ class SettingsError(Exception):
 
 
 class ServiceError(Exception):
-    """Root of the errors a client can see."""
+    """Raised when the service fails in a way no narrower error describes (the root)."""
 
     status_code = 500
     type = "internal_error"

@@ -1,0 +1,86 @@
+"""The worker process: bad messages, crashes, shutdown, start-up checks, health."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+from celery import Celery
+
+from tests.integration.conftest import PYTHON, ROOT, Worker, service_env, wait_for_status
+from webapp import create_app
+from common.settings import Settings
+
+
+def celery_client(redis_url):
+    app = Celery("client", broker=redis_url, backend=redis_url)
+    app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    return app
+
+
+def test_a_malformed_job_fails_alone(api, redis_url):
+    """A message the webapp would never send is stored as failed; the worker keeps serving."""
+    client = celery_client(redis_url)
+    bad = client.send_task("tasks.infer", kwargs={"model_id": "minilm", "inputs": [], "surprise": 1},
+                           queue="infer.minilm")
+    with pytest.raises(Exception) as info:
+        bad.get(timeout=30)
+    assert "invalid inference job" in str(info.value)
+    good = client.send_task("tasks.infer", args=["minilm", ["plain celery clients work too"]], queue="infer.minilm")
+    assert len(good.get(timeout=30)[0]) == 384
+
+
+def test_bad_setting_stops_the_worker_naming_the_variable(redis_url, model_dir):
+    env = service_env(redis_url, model_dir, max_batch_tokens="lots")
+    out = subprocess.run([PYTHON, "-m", "celery", "-A", "tasks", "worker", "-n", "bad@test"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "MAX_BATCH_TOKENS" in out.stderr + out.stdout
+
+
+def test_health_follows_the_workers(redis_url, model_dir, log_dir):
+    """/health is 503 with a reason when no worker is alive, 200 when one is."""
+    url = redis_url.rsplit("/", 1)[0] + "/3"  # a database of its own: no other worker there
+    settings = Settings(redis_url=url, model_dir=model_dir, heartbeat_s=0.5)
+    client = create_app({"SETTINGS": settings}).test_client()
+    body = client.get("/health")
+    assert body.status_code == 503 and "no worker" in body.get_json()["message"]
+
+    w = Worker("health", service_env(url, model_dir, preload_models="minilm-b"), log_dir).wait_ready()
+    try:
+        ok = client.get("/health").get_json()
+        assert ok["status"] == "ok" and ok["workers"] == [w.name] and ok["models"] == {"minilm-b": [w.name]}
+    finally:
+        w.kill()  # a crash leaves its entry behind; it goes stale within three heartbeats
+    time.sleep(3 * 0.5 + 1.5)
+    gone = client.get("/health")
+    assert gone.status_code == 503 and gone.get_json()["workers"] == []
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_batch_loses_no_job(api, redis_url, model_dir, log_dir):
+    """acks_late: jobs held by a crashed worker are redelivered to another one."""
+    from tests.integration.test_jobs import LONG
+
+    env = service_env(redis_url, model_dir, preload_models="minilm-b", visibility_timeout=3)
+    victim = Worker("victim", env, log_dir).wait_ready()
+    ids = [api.post("/jobs", json={"model_id": "minilm-b", "inputs": LONG[:64]}).json()["job_id"]
+           for _ in range(3)]
+    wait_for_status(api, ids[0], {"running"})
+    victim.kill()
+    assert all(api.get(f"/jobs/{i}").json()["status"] != "succeeded" for i in ids[1:])
+
+    rescuer = Worker("rescuer", env, log_dir).wait_ready()
+    try:
+        for job_id in ids:
+            job = wait_for_status(api, job_id, {"succeeded", "failed"}, timeout=90)
+            assert job["status"] == "succeeded" and len(job["result"]) == 64
+    finally:
+        rescuer.stop()
+
+
+def test_warm_shutdown_leaves_the_registry(redis_url, model_dir, log_dir):
+    w = Worker("brief", service_env(redis_url, model_dir, preload_models="minilm-b"), log_dir).wait_ready()
+    assert w.entry()["models"].keys() == {"minilm-b"}
+    assert w.stop() == 0
+    assert w.entry() is None

@@ -1,0 +1,125 @@
+"""The Flask app with a stub worker directory: status codes and the error shape."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from common.settings import Settings
+from tests.unit.test_store import make_model
+from webapp import create_app
+
+CLOSED = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+
+
+class StubWorkers:
+    """Same interface as webapp.workers.WorkerDirectory, fixed answers."""
+
+    def __init__(self, workers):
+        self.workers = workers
+
+    def live(self, fresh=False):
+        return self.workers
+
+    def serving(self, model_id):
+        return [w for w in self.workers if model_id in w["models"]]
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    make_model(tmp_path, "minilm")
+    return tmp_path
+
+
+def make_client(model_dir, workers=None, **settings):
+    config = {"SETTINGS": Settings(redis_url=CLOSED, model_dir=model_dir, max_body_bytes=2048, **settings)}
+    if workers is not None:
+        config["WORKER_DIRECTORY"] = StubWorkers(workers)
+    return create_app(config).test_client()
+
+
+def assert_error(response, status, type_):
+    assert response.status_code == status, response.data
+    body = response.get_json()
+    assert set(body) >= {"error"} and body["error"]["type"] == type_ and body["error"]["message"]
+
+
+def test_malformed_json_is_400(model_dir):
+    assert_error(make_client(model_dir).post("/predict", data=b"{nope"), 400, "invalid_json")
+
+
+def test_validation_is_422(model_dir):
+    client = make_client(model_dir)
+    assert_error(client.post("/predict", json={"model_id": "minilm", "inputs": []}), 422, "validation_error")
+    assert_error(client.post("/jobs", json={"model_id": "minilm"}), 422, "validation_error")
+    assert_error(client.post("/predict", json={"model_id": "minilm", "inputs": "x", "parameters": {"top_k": 2}}),
+                 422, "validation_error")
+
+
+def test_unknown_model_is_404(model_dir):
+    assert_error(make_client(model_dir).post("/predict", json={"model_id": "ghost", "inputs": "x"}),
+                 404, "model_not_found")
+
+
+def test_body_too_large_is_413(model_dir):
+    body = json.dumps({"model_id": "minilm", "inputs": "x" * 5000})
+    assert_error(make_client(model_dir).post("/predict", data=body), 413, "payload_too_large")
+
+
+def test_unknown_route_and_method_are_json(model_dir):
+    client = make_client(model_dir)
+    assert_error(client.get("/nowhere"), 404, "not_found")
+    response = client.get("/predict")
+    assert_error(response, 405, "method_not_allowed")
+    assert "POST" in response.headers["Allow"]
+
+
+def test_no_worker_is_503(model_dir):
+    client = make_client(model_dir, workers=[])
+    assert_error(client.post("/predict", json={"model_id": "minilm", "inputs": "x"}), 503, "no_workers")
+
+
+def test_model_not_loaded_is_503(model_dir):
+    client = make_client(model_dir, workers=[{"name": "w", "models": {"other": {}}}])
+    assert_error(client.post("/predict", json={"model_id": "minilm", "inputs": "x"}), 503, "model_not_loaded")
+
+
+def test_unreachable_redis_is_503_not_500(model_dir):
+    """With the broker and result store down, requests get 503 with the reason."""
+    client = make_client(model_dir)
+    assert_error(client.post("/predict", json={"model_id": "minilm", "inputs": "x"}), 503, "broker_unavailable")
+    assert_error(client.get("/jobs/abc"), 503, "broker_unavailable")
+    health = client.get("/health")
+    assert health.status_code == 503
+    assert health.get_json()["status"] == "unavailable"
+    assert "unreachable" in health.get_json()["message"]
+
+
+def test_openapi_documents_every_endpoint(model_dir):
+    doc = make_client(model_dir).get("/openapi.json").get_json()
+    assert doc["openapi"].startswith("3.")
+    for path in ("/predict", "/jobs", "/jobs/{job_id}", "/models", "/workers", "/health", "/metrics"):
+        assert path in doc["paths"], path
+
+
+def test_swagger_ui_is_served_locally(model_dir):
+    client = make_client(model_dir)
+    page = client.get("/docs")
+    assert page.status_code == 200 and b"swagger-ui-bundle.js" in page.data
+    assert client.get("/docs/static/swagger-ui-bundle.js").status_code == 200
+
+
+def test_webapp_never_imports_torch():
+    """The API process stays light: no torch, no transformers."""
+    code = ("import sys, webapp; webapp.create_app(); "
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+            "sys.exit(1 if bad else 0)")
+    assert subprocess.run([sys.executable, "-c", code], env={"REDIS_URL": CLOSED, "PATH": ""}).returncode == 0
+
+
+def test_bad_setting_stops_the_webapp_naming_the_variable():
+    code = "import webapp; webapp.create_app()"
+    out = subprocess.run([sys.executable, "-c", code], env={"MAX_BATCH_SIZE": "many", "PATH": ""},
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "MAX_BATCH_SIZE" in out.stderr

@@ -1,0 +1,34 @@
+"""Task parameters are checked before queueing, with defaults filled in."""
+
+import pytest
+
+from common.errors import ValidationFailed
+from common.params import validate_parameters
+
+
+def test_defaults_and_model_defaults():
+    """Missing parameters take the model's default, then the task's."""
+    out = validate_parameters("feature-extraction", {}, {"pooling": "cls"})
+    assert out == {"pooling": "cls", "normalize": False, "truncate": True}
+
+
+def test_given_values_win():
+    out = validate_parameters("feature-extraction", {"pooling": "none", "normalize": True}, {"pooling": "mean"})
+    assert out["pooling"] == "none" and out["normalize"] is True
+
+
+@pytest.mark.parametrize("params, name", [
+    ({"top_k": 3}, "parameters.top_k"),
+    ({"pooling": "median"}, "parameters.pooling"),
+    ({"normalize": "yes"}, "parameters.normalize"),
+    ({"truncate": 1}, "parameters.truncate"),
+])
+def test_bad_parameters_are_named(params, name):
+    with pytest.raises(ValidationFailed) as info:
+        validate_parameters("feature-extraction", params)
+    assert info.value.details["field"] == name
+
+
+def test_unknown_task():
+    with pytest.raises(ValidationFailed, match="not served"):
+        validate_parameters("image-segmentation", {})

@@ -1,0 +1,65 @@
+"""The model store: listing, task inference, strict id resolution."""
+
+import json
+
+import pytest
+
+from common.errors import ModelNotFound, ValidationFailed
+from model_store.store import ModelStore, task_from_config
+
+
+def make_model(root, name, arch="BertModel", weights=True, tokenizer=True, pooling=None):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"architectures": [arch], "model_type": "bert"}))
+    if weights:
+        (d / "model.safetensors").write_bytes(b"\0" * 16)
+    if tokenizer:
+        (d / "tokenizer.json").write_text("{}")
+    if pooling:
+        (d / "1_Pooling").mkdir()
+        (d / "1_Pooling" / "config.json").write_text(json.dumps({f"pooling_mode_{pooling}": True}))
+    return d
+
+
+def test_list_reports_incomplete_models_with_a_reason(tmp_path):
+    make_model(tmp_path, "good")
+    make_model(tmp_path, "noweights", weights=False)
+    (tmp_path / "empty").mkdir()
+    infos = {i.model_id: i for i in ModelStore(tmp_path).list()}
+    assert infos["good"].complete and infos["good"].task == "feature-extraction"
+    assert not infos["noweights"].complete and "weights" in infos["noweights"].problem
+    assert not infos["empty"].complete and "config.json" in infos["empty"].problem
+
+
+def test_declared_pooling(tmp_path):
+    make_model(tmp_path, "clsmodel", pooling="cls_token")
+    assert ModelStore(tmp_path).describe("clsmodel").pooling == "cls"
+
+
+@pytest.mark.parametrize("arch, task", [
+    ("BertForSequenceClassification", "text-classification"),
+    ("BertForTokenClassification", "token-classification"),
+    ("GPT2LMHeadModel", "text-generation"),
+    ("T5ForConditionalGeneration", "text2text-generation"),
+    ("BertModel", "feature-extraction"),
+])
+def test_task_from_architecture(arch, task):
+    assert task_from_config({"architectures": [arch]}) == task
+
+
+def test_ids_resolve_strictly_inside_the_store(tmp_path):
+    store = ModelStore(tmp_path / "store")
+    make_model(tmp_path, "outside")
+    with pytest.raises(ValidationFailed):
+        store.path_for("../outside")
+    with pytest.raises(ModelNotFound):
+        store.path_for("outside")
+
+
+def test_fingerprint_changes_with_the_weights(tmp_path):
+    d = make_model(tmp_path, "m")
+    store = ModelStore(tmp_path)
+    before = store.describe("m").fingerprint
+    (d / "model.safetensors").write_bytes(b"\1" * 17)
+    assert store.describe("m").fingerprint != before
