@@ -84,3 +84,20 @@ def test_warm_shutdown_leaves_the_registry(redis_url, model_dir, log_dir):
     assert w.entry()["models"].keys() == {"minilm-b"}
     assert w.stop() == 0
     assert w.entry() is None
+
+
+def test_full_queue_is_429_with_retry_after(redis_url, model_dir, rdb):
+    """Past MAX_QUEUE_DEPTH waiting jobs, POSTs are refused until the queue drains."""
+    from tests.unit.test_app import StubWorkers
+
+    url = redis_url.rsplit("/", 1)[0] + "/4"  # a database where nobody consumes
+    settings = Settings(redis_url=url, model_dir=model_dir, max_queue_depth=2)
+    client = create_app({"SETTINGS": settings,
+                         "WORKER_DIRECTORY": StubWorkers([{"name": "w", "models": {"minilm-b": {}}}])}).test_client()
+    body = {"model_id": "minilm-b", "inputs": "x"}
+    assert client.post("/jobs", json=body).status_code == 202
+    assert client.post("/jobs", json=body).status_code == 202
+    time.sleep(0.6)  # the depth reading is trusted for half a second
+    refused = client.post("/jobs", json=body)
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+    assert refused.get_json()["error"]["type"] == "queue_full"
