@@ -27,6 +27,7 @@ run: install
 
 # pytest exits 5 when it collected no tests: that is a failure, said out loud.
 test: install-dev
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests - failing" >&2; fi; \
 	exit $$rc

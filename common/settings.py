@@ -134,32 +134,28 @@ class Settings:
         return new
 
 
-def _int(minimum: int, maximum: int | None = None):
-    def parse(name: str, raw: str) -> int:
+def _number(cast, noun: str, minimum, maximum=None):
+    """A parser for an int or float variable within [minimum, maximum]."""
+
+    def parse(name: str, raw: str):
         try:
-            value = int(raw)
+            value = cast(raw)
         except ValueError:
-            raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-            raise SettingsError(f"{name} must be {bounds}, got {value}")
-        return value
-
-    return parse
-
-
-def _float(minimum: float, maximum: float | None = None):
-    def parse(name: str, raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+            raise SettingsError(f"{name} must be {noun}, got {raw!r}") from None
         if not value >= minimum or (maximum is not None and value > maximum):
             bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
             raise SettingsError(f"{name} must be {bounds}, got {raw}")
         return value
 
     return parse
+
+
+def _int(minimum: int, maximum: int | None = None):
+    return _number(int, "an integer", minimum, maximum)
+
+
+def _float(minimum: float, maximum: float | None = None):
+    return _number(float, "a number", minimum, maximum)
 
 
 def _str(name: str, raw: str) -> str:

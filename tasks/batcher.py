@@ -106,7 +106,7 @@ class Batcher:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and not any(l.incoming or l.waiting for l in self._lanes.values()):
+                while not self._stopping and not any(lane.incoming or lane.waiting for lane in self._lanes.values()):
                     self._cond.wait()
                 if self._stopping:
                     return

@@ -26,7 +26,8 @@ def _local_registry():
     registry = getattr(_local, "registry", None)
     if registry is None:
         settings = get_settings()
-        registry = _local.registry = ModelRegistry(ModelStore(settings.model_dir), detect_device(settings.worker_device))
+        device = detect_device(settings.worker_device)
+        registry = _local.registry = ModelRegistry(ModelStore(settings.model_dir), device)
     return registry
 
 

@@ -40,10 +40,12 @@ READY_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 _REDIS_ERRORS = (redis.RedisError, OSError)
 
 
-def make_celery_client() -> Celery:
+def make_celery_client(settings: Settings) -> Celery:
     """A Celery app that only publishes: it knows task names, not task code."""
+    from celeryconfig import celery_conf
+
     app = Celery("webapp", set_as_current=False)
-    app.config_from_object("celeryconfig")
+    app.conf.update(celery_conf(settings))
     return app
 
 
@@ -60,7 +62,7 @@ class JobService:
             if settings.result_backend == settings.redis_url
             else redis.Redis.from_url(settings.result_backend, **options)
         )
-        self.celery = make_celery_client()
+        self.celery = make_celery_client(settings)
         self.listener = ResultListener(settings.result_backend)
         self._cancel = self.results.register_script(protocol.CANCEL_JOB_LUA)
         self._depths: dict[str, tuple[float, int]] = {}

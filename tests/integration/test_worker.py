@@ -1,15 +1,14 @@
 """The worker process: bad messages, crashes, shutdown, start-up checks, health."""
 
 import subprocess
-import sys
 import time
 
 import pytest
 from celery import Celery
 
+from common.settings import Settings
 from tests.integration.conftest import PYTHON, ROOT, Worker, service_env, wait_for_status
 from webapp import create_app
-from common.settings import Settings
 
 
 def celery_client(redis_url):

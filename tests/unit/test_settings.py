@@ -1,5 +1,6 @@
 """Settings: typed values from the environment; bad values name their variable."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -57,5 +58,5 @@ def test_prefetch_may_not_cap_the_batch():
 def test_settings_are_frozen():
     """The settings object cannot be changed after start."""
     s = Settings()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.max_batch_size = 3
