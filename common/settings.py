@@ -17,13 +17,15 @@ from common.errors import SettingsError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
-# Items per forward pass. Larger batches amortise per-call overhead but on a
-# CPU a big padded batch can be slower per text than a small one.
-DEFAULT_MAX_BATCH_SIZE = 32
+# Caps on one forward pass. Within them the worker picks the batch that its
+# measured cost model (tasks/costmodel.py) says runs the most items per
+# second: on a CPU a big padded batch can be slower per text than a small
+# one. Lower them to bound latency or memory, not to tune throughput.
+DEFAULT_MAX_BATCH_SIZE = 64
 
 # Padded tokens per forward pass (items x longest sequence): bounds the
 # activation memory of one batch whatever the mix of lengths.
-DEFAULT_MAX_BATCH_TOKENS = 8192
+DEFAULT_MAX_BATCH_TOKENS = 16384
 
 # Extra time a batch may wait for more items once the model is idle.
 # 0 = run as soon as the model is free; arrivals still accumulate while a

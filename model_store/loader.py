@@ -59,6 +59,18 @@ class FeatureExtractionRunner:
         ]
         self.max_length = min(v for v in limits if v) if any(limits) else 512
         self.pad_id = self.tokenizer.pad_token_id or 0
+        self.calibration_params = {"pooling": "mean"}
+        # An ordinary word piece, for timing batches of a given length.
+        self._filler = self.tokenizer.convert_tokens_to_ids("the")
+        if not isinstance(self._filler, int) or self._filler == self.tokenizer.unk_token_id:
+            self._filler = max(self.pad_id + 1, 1000 % self.tokenizer.vocab_size)
+        self._cls = self.tokenizer.cls_token_id
+        self._sep = self.tokenizer.sep_token_id
+
+    def dummy_encoding(self, length: int) -> Encoding:
+        """An encoding of exactly `length` tokens (special tokens included)."""
+        ends = [t for t in (self._cls, self._sep) if t is not None]
+        return Encoding((ends[:1] + [self._filler] * max(0, length - len(ends)) + ends[1:])[:length])
 
     def encode(self, items: list, params: dict) -> list[Encoding]:
         """Token ids per item; InputTooLong when one exceeds the limit and truncate is off."""

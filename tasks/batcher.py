@@ -20,6 +20,7 @@ import threading
 import time
 
 from common.errors import InferenceFailed, ServiceError
+from tasks.costmodel import CALIBRATION_SHAPES, CostModel
 from tasks.jobs import Job
 from tasks.planning import Item, plan_batch, run_isolating
 
@@ -36,6 +37,8 @@ class Lane:
         self.incoming_items = 0
         self.waiting: list[Item] = []  # device thread only
         self.in_hand = 0  # jobs received and not finished
+        self.cost = CostModel()
+        self.calibrated = False
 
     def oldest(self) -> float | None:
         """Receipt time of the oldest job with work here, or None when idle."""
@@ -65,8 +68,10 @@ class Batcher:
         return self
 
     def add_model(self, model) -> None:
+        """Serve `model`; the device thread calibrates it before its first batch."""
         with self._cond:
             self._lanes.setdefault(model.model_id, Lane(model))
+            self._cond.notify()
 
     def serves(self, model_id: str) -> bool:
         return model_id in self._lanes
@@ -106,7 +111,9 @@ class Batcher:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and not any(lane.incoming or lane.waiting for lane in self._lanes.values()):
+                while not self._stopping and not any(
+                    lane.incoming or lane.waiting or not lane.calibrated for lane in self._lanes.values()
+                ):
                     self._cond.wait()
                 if self._stopping:
                     return
@@ -116,6 +123,9 @@ class Batcher:
                         arrivals.append((lane, lane.incoming))
                         lane.incoming, lane.incoming_items = [], 0
             try:
+                for lane in list(self._lanes.values()):
+                    if not lane.calibrated:
+                        self._calibrate(lane)
                 for lane, jobs in arrivals:
                     self._admit(lane, jobs)
                 lane = self._next_lane()
@@ -123,13 +133,57 @@ class Batcher:
                     continue
                 if self.max_wait_s and self._linger(lane):
                     continue
-                batch = plan_batch(lane.waiting, self.max_items, self.max_tokens)
+                batch = plan_batch(lane.waiting, self.max_items, self.max_tokens, lane.cost)
                 chosen = set(map(id, batch))
                 lane.waiting = [it for it in lane.waiting if id(it) not in chosen]
                 self._run(lane, batch)
             except Exception:  # noqa: BLE001 - the loop must survive anything
                 log.exception("batching round failed; continuing")
                 time.sleep(0.1)
+
+    def _calibrate(self, lane: Lane) -> None:
+        """Time a few batch shapes so the planner knows this model on this device.
+
+        Runs on the device thread like every forward pass, before the
+        model's first job; it also warms the kernels up for those shapes.
+        """
+        lane.calibrated = True
+        runner = lane.runner
+        limit = getattr(runner, "max_length", 512)
+        try:
+            params = getattr(runner, "calibration_params", {})
+            runner.run([runner.dummy_encoding(min(32, limit))] * 4, params)  # warm-up
+            samples = []
+            for items, length in CALIBRATION_SHAPES:
+                length = min(length, limit)
+                batch = [runner.dummy_encoding(length)] * items
+                times = []
+                for _ in range(2):
+                    started = time.perf_counter()
+                    runner.run(batch, params)
+                    times.append(time.perf_counter() - started)
+                samples.append((items, length, min(times)))
+            lane.cost.calibrate(samples)
+        except Exception:  # noqa: BLE001 - a model that cannot calibrate still serves
+            log.exception("calibration of %s failed; batches will be as large as the caps allow",
+                          lane.model.model_id)
+            return
+        log.info("%s: forward cost %s; best batch at 32 tokens: %d items, at 128 tokens: %d",
+                 lane.model.model_id, lane.cost.describe(),
+                 lane.cost.best_batch(32, self.max_items, self.max_tokens),
+                 lane.cost.best_batch(128, self.max_items, self.max_tokens))
+
+    def budgets(self) -> dict:
+        """Per model: the fitted cost and the batch it implies, for the registry."""
+        out = {}
+        for model_id, lane in list(self._lanes.items()):
+            out[model_id] = {
+                "calibrated": lane.calibrated,
+                "cost": lane.cost.describe(),
+                "best_batch": {str(n): lane.cost.best_batch(n, self.max_items, self.max_tokens)
+                               for n in (16, 32, 64, 128)},
+            }
+        return out
 
     def _next_lane(self) -> Lane | None:
         """The lane whose oldest waiting item is oldest: no model starves another."""
@@ -204,6 +258,8 @@ class Batcher:
         started = time.perf_counter()
         passes = run_isolating(batch, run, on_outputs, on_error)
         elapsed = time.perf_counter() - started
+        if passes == 1:
+            lane.cost.observe(len(batch), max(it.length for it in batch), elapsed)
         for job in jobs:
             job.forward_s += elapsed
             job.largest_batch = max(job.largest_batch, len(batch))

@@ -6,6 +6,8 @@ import json
 import time
 from dataclasses import dataclass, field
 
+import orjson
+
 from common.errors import ServiceError, ValidationFailed
 
 
@@ -72,9 +74,13 @@ def job_from_message(message, **extra) -> Job:
     job_id = headers.get("id")
     if not job_id:
         raise InvalidJob(None, "task message has no id")
+    # JSON only: a message in any other format (pickle) is refused unread.
+    if message.content_type != "application/json":
+        raise InvalidJob(job_id, f"cannot decode the message body: content type {message.content_type!r} "
+                                 "is not accepted (JSON only)")
     try:
-        args, kwargs, _embed = message.decode()
-    except Exception as exc:  # noqa: BLE001 - any undecodable body is an invalid job
+        args, kwargs, _embed = orjson.loads(message.body)
+    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
         raise InvalidJob(job_id, f"cannot decode the message body: {exc}") from None
     names = ("model_id", "inputs", "parameters", "is_list")
     if len(args) > len(names):

@@ -27,32 +27,46 @@ def padded_tokens(items: Sequence[Item]) -> int:
     return len(items) * max((it.length for it in items), default=0)
 
 
-def plan_batch(waiting: Sequence[Item], max_items: int, max_tokens: int) -> list[Item]:
-    """The next batch to run, taken from `waiting` (arrival order).
+def plan_batch(waiting: Sequence[Item], max_items: int, max_tokens: int, cost) -> list[Item]:
+    """The next batch to run, taken from `waiting` (in arrival order).
 
-    The oldest item decides the parameter group (only equal parameters
-    share a batch), so no item starves. Items of that group follow in
-    arrival order while the batch stays within `max_items` items and
-    `max_tokens` padded tokens; an item that would break the token cap is
-    left for a later batch. The oldest item always runs, even alone over
-    the token cap, so nothing waits forever.
+    The oldest item always runs now, so nothing starves, and it decides the
+    parameter group (only equal parameters share a batch). The group is
+    sorted by token length and cut into consecutive batches so that running
+    all of them takes the least time by `cost` (a CostModel), each batch
+    within `max_items` items and `max_tokens` padded tokens: a dynamic
+    programme over the sorted lengths. The batch holding the oldest item
+    runs now; the others are only a plan, redone when the next batch is
+    chosen with whatever has arrived meanwhile. So short items are not
+    padded into long batches, rare lengths still get company when that
+    pays, and batch sizes follow the measured cost, not a fixed number.
     """
     if not waiting:
         return []
-    first = waiting[0]
-    batch = [first]
-    longest = first.length
-    for item in waiting[1:]:
-        if len(batch) >= max_items:
-            break
-        if item.params_key != first.params_key:
-            continue
-        new_longest = max(longest, item.length)
-        if new_longest * (len(batch) + 1) > max_tokens:
-            continue
-        batch.append(item)
-        longest = new_longest
-    return batch
+    oldest = waiting[0]
+    group = sorted((it for it in waiting if it.params_key == oldest.params_key), key=lambda it: (it.length, it.seq))
+    n = len(group)
+    time = cost.time
+    # best[i]: least time to run group[:i]; cut[i]: size of the last batch
+    best = [0.0] * (n + 1)
+    cut = [0] * (n + 1)
+    for i in range(1, n + 1):
+        longest = group[i - 1].length
+        most = min(max_items, i, max(1, max_tokens // longest))
+        choice, size = None, 1
+        for c in range(1, most + 1):
+            total = best[i - c] + time(c, longest)
+            if choice is None or total < choice:
+                choice, size = total, c
+        best[i], cut[i] = choice, size
+    i = n
+    while i > 0:
+        start = i - cut[i]
+        batch = group[start:i]
+        if any(it is oldest for it in batch):
+            return batch
+        i = start
+    raise AssertionError("the oldest item is in no batch")
 
 
 def run_isolating(items: Sequence[Item], run, on_outputs, on_error) -> int:

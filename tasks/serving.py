@@ -95,6 +95,7 @@ class ModelServing(bootsteps.StartStopStep):
             "active": self.batcher.active(),
             "max_batch_size": self.settings.max_batch_size,
             "max_batch_tokens": self.settings.max_batch_tokens,
+            "batching": self.batcher.budgets(),
         }
 
     def shutdown(self, c):

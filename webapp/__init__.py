@@ -31,11 +31,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.update(
         SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
-        JSON_SORT_KEYS=False,
     )
     app.config.update(test_config)
-    app.json.sort_keys = False
-    app.json.compact = True
+    from webapp.jsonio import OrjsonProvider
+
+    app.json = OrjsonProvider(app)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from webapp import errors, metrics, services

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
 
+import orjson
 import redis
-from celery import Celery
-from kombu.exceptions import ChannelError, KombuError, OperationalError
+from kombu.exceptions import KombuError, OperationalError
 
 from common import protocol
 from common.errors import (
@@ -29,6 +30,7 @@ from common.errors import (
     error_from_stored,
 )
 from common.settings import Settings
+from webapp.publisher import CeleryPublisher, make_publisher
 from webapp.results import ResultListener, Waiter, wait_for
 
 log = logging.getLogger(__name__)
@@ -38,15 +40,6 @@ log = logging.getLogger(__name__)
 QUEUE_DEPTH_CACHE_S = 0.5
 READY_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 _REDIS_ERRORS = (redis.RedisError, OSError)
-
-
-def make_celery_client(settings: Settings) -> Celery:
-    """A Celery app that only publishes: it knows task names, not task code."""
-    from celeryconfig import celery_conf
-
-    app = Celery("webapp", set_as_current=False)
-    app.conf.update(celery_conf(settings))
-    return app
 
 
 class JobService:
@@ -62,10 +55,11 @@ class JobService:
             if settings.result_backend == settings.redis_url
             else redis.Redis.from_url(settings.result_backend, **options)
         )
-        self.celery = make_celery_client(settings)
+        self.publisher = make_publisher(settings, self.results)
         self.listener = ResultListener(settings.result_backend)
         self._cancel = self.results.register_script(protocol.CANCEL_JOB_LUA)
         self._depths: dict[str, tuple[float, int]] = {}
+        self._depth_lock = threading.Lock()
 
     # -- publishing -------------------------------------------------------
 
@@ -77,39 +71,21 @@ class JobService:
         if wait:
             self.listener.ensure_started()
             waiter = self.listener.register(job_id)
-        key = protocol.job_key(job_id)
+        record = {
+            "model_id": model_id,
+            "status": protocol.QUEUED,
+            "created_at": repr(time.time()),
+            "items": len(items),
+            "reply_to": self.listener.channel,
+        }
+        kwargs = {"model_id": model_id, "inputs": list(items), "parameters": parameters, "is_list": is_list}
         try:
-            with self.results.pipeline(transaction=False) as pipe:
-                pipe.hset(key, mapping={
-                    "model_id": model_id,
-                    "status": protocol.QUEUED,
-                    "created_at": repr(time.time()),
-                    "items": len(items),
-                    "reply_to": self.listener.channel,
-                })
-                pipe.expire(key, self.settings.result_ttl)
-                pipe.execute()
-            self.celery.send_task(
-                protocol.INFER_TASK,
-                kwargs={
-                    "model_id": model_id,
-                    "inputs": list(items),
-                    "parameters": parameters,
-                    "is_list": is_list,
-                },
-                task_id=job_id,
-                queue=protocol.queue_for(model_id),
-                reply_to=self.listener.channel,
-                # Results are always stored by our workers; this only stops
-                # Celery from subscribing per task in this process.
-                ignore_result=True,
-                retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
-            )
+            self.publisher.publish(job_id, model_id, kwargs, self.listener.channel, record)
         except _REDIS_ERRORS + (KombuError, OperationalError) as exc:
             if waiter is not None:
                 self.listener.discard(job_id)
             try:
-                self.results.delete(key)
+                self.results.delete(protocol.job_key(job_id))
             except _REDIS_ERRORS:
                 pass
             raise BrokerUnavailable(f"cannot queue the job: {exc}") from None
@@ -118,11 +94,18 @@ class JobService:
     def _check_queue_depth(self, model_id: str) -> None:
         now = time.monotonic()
         cached = self._depths.get(model_id)
-        if cached and now - cached[0] < QUEUE_DEPTH_CACHE_S:
-            depth = cached[1]
-        else:
-            depth = self.queue_depth(model_id)
-            self._depths[model_id] = (now, depth)
+        if cached is None or now - cached[0] >= QUEUE_DEPTH_CACHE_S:
+            # One thread re-reads; the others go on with the last reading.
+            if self._depth_lock.acquire(blocking=cached is None):
+                try:
+                    cached = self._depths.get(model_id)
+                    if cached is None or now - cached[0] >= QUEUE_DEPTH_CACHE_S:
+                        cached = (now, self.queue_depth(model_id))
+                        self._depths[model_id] = cached
+                finally:
+                    self._depth_lock.release()
+            cached = self._depths.get(model_id, cached)
+        depth = cached[1]
         if depth >= self.settings.max_queue_depth:
             raise QueueFull(
                 f"{depth} jobs wait for model {model_id!r} (MAX_QUEUE_DEPTH="
@@ -133,18 +116,7 @@ class JobService:
     def queue_depth(self, model_id: str) -> int:
         """Messages waiting in the model's queue (0 when it does not exist yet)."""
         try:
-            with self.celery.pool.acquire(block=True, timeout=5) as conn:
-                channel = conn.channel()
-                try:
-                    ok = channel.queue_declare(queue=protocol.queue_for(model_id), passive=True)
-                    return int(ok.message_count)
-                except ChannelError:
-                    return 0
-                finally:
-                    try:
-                        channel.close()
-                    except Exception:  # noqa: BLE001 - a closed channel is fine
-                        pass
+            return self.publisher.queue_depth(model_id)
         except (KombuError, OperationalError) + _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"cannot reach the broker: {exc}") from None
 
@@ -164,7 +136,7 @@ class JobService:
             return None
         if raw is None:
             return None
-        meta = json.loads(raw)
+        meta = orjson.loads(raw)
         return meta if meta.get("status") in READY_STATES else None
 
     def status(self, job_id: str) -> dict:
@@ -179,7 +151,7 @@ class JobService:
         if not record and raw_meta is None:
             raise JobNotFound(f"no job {job_id!r} (unknown, or expired after RESULT_TTL)")
         record = {k.decode(): v.decode() for k, v in record.items()}
-        meta = json.loads(raw_meta) if raw_meta is not None else None
+        meta = orjson.loads(raw_meta) if raw_meta is not None else None
         body = {
             "job_id": job_id,
             "model_id": record.get("model_id"),
@@ -240,11 +212,13 @@ class JobService:
     def check_broker(self) -> str | None:
         """None when the broker answers, else why not."""
         try:
-            if self.settings.broker_url == self.settings.redis_url:
+            if isinstance(self.publisher, CeleryPublisher):
+                with self.publisher.celery.connection_for_write() as conn:
+                    conn.ensure_connection(max_retries=1, timeout=2)
+            elif self.settings.broker_url == self.settings.redis_url:
                 self.redis.ping()
             else:
-                with self.celery.connection_for_write() as conn:
-                    conn.ensure_connection(max_retries=1, timeout=2)
+                redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=2).ping()
         except (KombuError, OperationalError) + _REDIS_ERRORS as exc:
             return str(exc) or type(exc).__name__
         return None

@@ -8,13 +8,13 @@ request polls the result store, and no per-job subscription is made.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
 import uuid
 
+import orjson
 import redis
 
 from common.protocol import REPLY_CHANNEL_PREFIX
@@ -110,9 +110,9 @@ class ResultListener:
 
     def _dispatch(self, data: bytes) -> None:
         try:
-            payload = json.loads(data)
+            payload = orjson.loads(data)
             job_id = payload["task_id"]
-        except (ValueError, KeyError, TypeError):
+        except (orjson.JSONDecodeError, KeyError, TypeError):
             log.warning("ignoring malformed reply on %s", self.channel)
             return
         waiter = self._waiters.get(job_id)

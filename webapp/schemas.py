@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+
+import orjson
 
 from common.errors import BadRequest, InputTooLong, ValidationFailed
 from common.settings import DEFAULT_WAIT_S, MAX_WAIT_S, MODEL_ID_RE, Settings
@@ -29,8 +30,8 @@ def parse_json(raw: bytes):
     if not raw or not raw.strip():
         raise BadRequest("request body is empty; send a JSON object")
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
 
 

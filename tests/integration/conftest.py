@@ -9,26 +9,19 @@ job ids and by reading counters as differences.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
-import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import redis
 import requests
 
-from common.protocol import WORKERS_KEY, batch_stats_key
-from common.settings import Settings
-from devtools.redis_server import EmbeddedRedis, free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-PYTHON = sys.executable
-SETTING_NAMES = {f.name.upper() for f in fields(Settings)}
+from common.protocol import batch_stats_key
+from devtools import processes
+from devtools.processes import PYTHON, ROOT, Webapp, Worker  # noqa: F401  (used by the tests)
+from devtools.redis_server import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")
@@ -55,98 +48,8 @@ def model_dir(tmp_path_factory):
 
 
 def service_env(redis_url: str, model_dir: Path, **settings) -> dict:
-    """The environment of a service process: the caller's minus any of our settings."""
-    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
-    env.update(
-        REDIS_URL=redis_url, MODEL_DIR=str(model_dir), HEARTBEAT_S="0.5", HF_HUB_OFFLINE="1",
-        PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1",
-    )
-    env.update({k.upper(): str(v) for k, v in settings.items()})
-    return env
-
-
-class Worker:
-    """A real `celery -A tasks worker` process."""
-
-    def __init__(self, name: str, env: dict, log_dir: Path):
-        self.name = f"{name}@test"
-        self.redis_url = env["REDIS_URL"]
-        self.log_path = log_dir / f"worker-{name}.log"
-        self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(
-            [PYTHON, "-m", "celery", "-A", "tasks", "worker", "-n", self.name, "-l", "info"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def wait_ready(self, timeout: float = 120.0) -> "Worker":
-        client = redis.Redis.from_url(self.redis_url)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"worker {self.name} exited {self.process.returncode}:\n{self.log()[-3000:]}")
-            raw = client.hget(WORKERS_KEY, self.name)
-            if raw and "ready." in self.log():
-                return self
-            time.sleep(0.2)
-        raise AssertionError(f"worker {self.name} not ready in {timeout}s:\n{self.log()[-3000:]}")
-
-    def entry(self) -> dict | None:
-        raw = redis.Redis.from_url(self.redis_url).hget(WORKERS_KEY, self.name)
-        return json.loads(raw) if raw else None
-
-    def stop(self, timeout: float = 60.0) -> int:
-        """Warm shutdown (SIGTERM), as an operator would."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
-
-    def kill(self) -> None:
-        """A crash: SIGKILL, no chance to clean up."""
-        self.process.kill()
-        self.process.wait()
-        self._log.close()
-
-
-class Webapp:
-    """A real `gunicorn 'webapp:create_app()'` on a free port."""
-
-    def __init__(self, env: dict, log_dir: Path, workers: int = 2, threads: int = 32):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"webapp-{self.port}.log"
-        self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(
-            [PYTHON, "-m", "gunicorn", "webapp:create_app()", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", str(workers), "--threads", str(threads)],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout: float = 60.0) -> "Webapp":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"webapp exited:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                requests.get(self.url + "/openapi.json", timeout=1)
-                return self
-            except requests.ConnectionError:
-                time.sleep(0.2)
-        raise AssertionError(f"webapp not up in {timeout}s")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(30)
-        self._log.close()
+    """A service's environment for tests: fast heartbeats so dead workers show quickly."""
+    return processes.service_env(redis_url, model_dir, **{"heartbeat_s": 0.5, **settings})
 
 
 @pytest.fixture(scope="session")
@@ -164,7 +67,7 @@ def worker(redis_url, model_dir, log_dir):
 
 @pytest.fixture(scope="session")
 def webapp(redis_url, model_dir, log_dir):
-    app = Webapp(service_env(redis_url, model_dir), log_dir).wait_ready()
+    app = Webapp(service_env(redis_url, model_dir), log_dir, "--workers", "2", "--threads", "32").wait_ready()
     yield app
     app.stop()
 

@@ -1,0 +1,124 @@
+"""The service's processes, started as a user would: for tests and benchmarks.
+
+`Worker` is `celery -A tasks worker`, `Webapp` is `gunicorn 'webapp:create_app()'`,
+each a subprocess with its output in a log file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import fields
+from pathlib import Path
+
+import redis
+
+from common.protocol import WORKERS_KEY
+from common.settings import Settings
+from devtools.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+SETTING_NAMES = {f.name.upper() for f in fields(Settings)}
+
+
+class ServiceFailed(AssertionError):
+    """Raised when a service process exits or does not get ready in time."""
+
+
+def service_env(redis_url: str, model_dir: Path, **settings) -> dict:
+    """The environment of a service process: the caller's minus any of our settings."""
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
+    env.update(
+        REDIS_URL=redis_url, MODEL_DIR=str(model_dir), HF_HUB_OFFLINE="1",
+        PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1",
+    )
+    env.update({k.upper(): str(v) for k, v in settings.items()})
+    return env
+
+
+class Worker:
+    """A real `celery -A tasks worker` process."""
+
+    def __init__(self, name: str, env: dict, log_dir: Path):
+        self.name = f"{name}@test"
+        self.redis_url = env["REDIS_URL"]
+        self.log_path = Path(log_dir) / f"worker-{name}.log"
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "celery", "-A", "tasks", "worker", "-n", self.name, "-l", "info"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 120.0) -> "Worker":
+        client = redis.Redis.from_url(self.redis_url)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServiceFailed(f"worker {self.name} exited {self.process.returncode}:\n{self.log()[-3000:]}")
+            if client.hget(WORKERS_KEY, self.name) and "ready." in self.log():
+                return self
+            time.sleep(0.2)
+        raise ServiceFailed(f"worker {self.name} not ready in {timeout}s:\n{self.log()[-3000:]}")
+
+    def entry(self) -> dict | None:
+        raw = redis.Redis.from_url(self.redis_url).hget(WORKERS_KEY, self.name)
+        return json.loads(raw) if raw else None
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """Warm shutdown (SIGTERM), as an operator would."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no chance to clean up."""
+        self.process.kill()
+        self.process.wait()
+        self._log.close()
+
+
+class Webapp:
+    """A real `gunicorn 'webapp:create_app()'` on a free port (gunicorn.conf.py applies)."""
+
+    def __init__(self, env: dict, log_dir: Path, *extra_args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log_dir) / f"webapp-{self.port}.log"
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "gunicorn", "webapp:create_app()", "--bind", f"127.0.0.1:{self.port}", *extra_args],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> "Webapp":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServiceFailed(f"webapp exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(self.url + "/openapi.json", timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.2)
+        raise ServiceFailed(f"webapp not up in {timeout}s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+        self._log.close()

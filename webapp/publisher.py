@@ -1,0 +1,140 @@
+"""Putting jobs on the broker: a Celery task message per job.
+
+With a Redis broker the message is written the way kombu's Redis transport
+writes it (the same JSON envelope, LPUSHed onto the queue's list), in the
+same round trip as the job's record. Celery's `send_task` costs about a
+millisecond of CPU per call in routing, signals and producer pooling that
+this fixed, single-queue case does not need; the worker, Flower and any
+Celery client see an ordinary task message. With another broker (RabbitMQ)
+jobs go through `send_task`.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import threading
+import uuid
+
+import orjson
+import redis
+from celery import Celery
+from celery.utils.saferepr import saferepr
+from kombu.exceptions import ChannelError
+
+from common import protocol
+from common.settings import Settings
+
+# Celery's own limit on the argument reprs it shows (Flower, logs).
+REPR_MAXSIZE = 1024
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+def make_celery_client(settings: Settings) -> Celery:
+    """A Celery app that only publishes: it knows task names, not task code."""
+    from celeryconfig import celery_conf
+
+    app = Celery("webapp", set_as_current=False)
+    app.conf.update(celery_conf(settings))
+    return app
+
+
+def _record_commands(pipe, job_id: str, record: dict, ttl: int) -> None:
+    key = protocol.job_key(job_id)
+    pipe.hset(key, mapping=record)
+    pipe.expire(key, ttl)
+
+
+class RedisPublisher:
+    """Writes task messages straight onto a Redis broker's lists."""
+
+    def __init__(self, settings: Settings, results: redis.Redis):
+        self._ttl = settings.result_ttl
+        self._results = results
+        same = settings.broker_url == settings.result_backend
+        self._broker = results if same else redis.Redis.from_url(
+            settings.broker_url, socket_connect_timeout=2, socket_timeout=10)
+        self._origin = f"gen{os.getpid()}@{socket.gethostname()}"
+
+    def envelope(self, job_id: str, queue: str, kwargs: dict, reply_to: str) -> bytes:
+        """The message exactly as kombu's Redis transport stores it."""
+        body = orjson.dumps([[], kwargs, _EMBED])
+        return orjson.dumps({
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {
+                "lang": "py", "task": protocol.INFER_TASK, "id": job_id, "shadow": None,
+                "eta": None, "expires": None, "group": None, "group_index": None, "retries": 0,
+                "timelimit": [None, None], "root_id": job_id, "parent_id": None,
+                "argsrepr": "()", "kwargsrepr": saferepr(kwargs, REPR_MAXSIZE), "origin": self._origin,
+                "ignore_result": True, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
+            },
+            "properties": {
+                "correlation_id": job_id, "reply_to": reply_to, "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
+                "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
+            },
+        })
+
+    def publish(self, job_id: str, model_id: str, kwargs: dict, reply_to: str, record: dict) -> None:
+        """Record the job and queue its message (one round trip when they share a Redis)."""
+        queue = protocol.queue_for(model_id)
+        message = self.envelope(job_id, queue, kwargs, reply_to)
+        with self._results.pipeline(transaction=False) as pipe:
+            _record_commands(pipe, job_id, record, self._ttl)
+            if self._broker is self._results:
+                pipe.lpush(queue, message)
+            pipe.execute()
+        if self._broker is not self._results:
+            self._broker.lpush(queue, message)
+
+    def queue_depth(self, model_id: str) -> int:
+        return int(self._broker.llen(protocol.queue_for(model_id)))
+
+
+class CeleryPublisher:
+    """Publishes through Celery's `send_task` (any broker kombu supports)."""
+
+    def __init__(self, settings: Settings, results: redis.Redis):
+        self._ttl = settings.result_ttl
+        self._results = results
+        self.celery = make_celery_client(settings)
+        self._depth_lock = threading.Lock()
+        self._depth_conn = None
+
+    def publish(self, job_id: str, model_id: str, kwargs: dict, reply_to: str, record: dict) -> None:
+        with self._results.pipeline(transaction=False) as pipe:
+            _record_commands(pipe, job_id, record, self._ttl)
+            pipe.execute()
+        self.celery.send_task(
+            protocol.INFER_TASK, kwargs=kwargs, task_id=job_id, queue=protocol.queue_for(model_id),
+            reply_to=reply_to,
+            # Results are always stored by our workers; this only stops
+            # Celery from subscribing per task in this process.
+            ignore_result=True,
+            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
+        )
+
+    def queue_depth(self, model_id: str) -> int:
+        """Messages waiting in the model's queue (0 when it does not exist yet)."""
+        with self._depth_lock:
+            if self._depth_conn is None:
+                self._depth_conn = self.celery.connection_for_write()
+            channel = self._depth_conn.channel()
+            try:
+                return int(channel.queue_declare(queue=protocol.queue_for(model_id), passive=True).message_count)
+            except ChannelError:
+                return 0
+            finally:
+                try:
+                    channel.close()
+                except Exception:  # noqa: BLE001 - a closed channel is fine
+                    pass
+
+
+def make_publisher(settings: Settings, results: redis.Redis):
+    if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisPublisher(settings, results)
+    return CeleryPublisher(settings, results)
