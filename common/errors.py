@@ -132,6 +132,13 @@ class QueueFull(ServiceError):
     type = "queue_full"
 
 
+class DeadlineExceeded(ServiceError):
+    """Raised when a job's options.timeout passed before the model got to it."""
+
+    status_code = 504
+    type = "deadline_exceeded"
+
+
 class ServiceUnavailable(ServiceError):
     """Raised when a dependency of the service is down."""
 

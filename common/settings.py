@@ -51,6 +51,9 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_WAIT_S = 30.0
 MAX_WAIT_S = 300.0
 
+# The longest options.timeout a client may set (a day).
+MAX_TIMEOUT_S = 86_400.0
+
 # An unacknowledged message goes back to its queue after this long (Redis
 # broker). Longer than any job may take, or jobs run twice.
 DEFAULT_VISIBILITY_TIMEOUT = 3600

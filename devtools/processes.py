@@ -45,13 +45,13 @@ def service_env(redis_url: str, model_dir: Path, **settings) -> dict:
 class Worker:
     """A real `celery -A tasks worker` process."""
 
-    def __init__(self, name: str, env: dict, log_dir: Path):
+    def __init__(self, name: str, env: dict, log_dir: Path, loglevel: str = "info"):
         self.name = f"{name}@test"
         self.redis_url = env["REDIS_URL"]
         self.log_path = Path(log_dir) / f"worker-{name}.log"
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [PYTHON, "-m", "celery", "-A", "tasks", "worker", "-n", self.name, "-l", "info"],
+            [PYTHON, "-m", "celery", "-A", "tasks", "worker", "-n", self.name, "-l", loglevel],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 

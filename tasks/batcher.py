@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 
-from common.errors import InferenceFailed, ServiceError
+from common.errors import DeadlineExceeded, InferenceFailed, ServiceError
 from tasks.costmodel import CALIBRATION_SHAPES, CostModel
 from tasks.jobs import Job
 from tasks.planning import Item, plan_batch, run_isolating
@@ -33,8 +33,7 @@ class Lane:
     def __init__(self, model):
         self.model = model
         self.runner = model.runner
-        self.incoming: list[Job] = []  # guarded by the batcher's condition
-        self.incoming_items = 0
+        self.incoming: list[Item] = []  # encoded on the consumer thread; guarded by the condition
         self.waiting: list[Item] = []  # device thread only
         self.in_hand = 0  # jobs received and not finished
         self.cost = CostModel()
@@ -45,7 +44,7 @@ class Lane:
         if self.waiting:
             return self.waiting[0].job.received_at
         if self.incoming:
-            return self.incoming[0].received_at
+            return self.incoming[0].job.received_at
         return None
 
 
@@ -84,13 +83,27 @@ class Batcher:
         return sum(lane.in_hand for lane in list(self._lanes.values()))
 
     def submit(self, job: Job) -> bool:
-        """Take a job (consumer thread); False when its model is not served here."""
+        """Take a job (consumer thread); False when its model is not served here.
+
+        The job's items are tokenized here, on the consumer thread, while
+        the device thread runs the current batch.
+        """
+        lane = self._lanes.get(job.model_id)
+        if lane is None:
+            return False
+        try:
+            encodings = lane.runner.encode(job.inputs, job.params)
+        except ServiceError as exc:
+            job.fail(exc)
+        except Exception as exc:  # noqa: BLE001 - a tokenizer crash fails only this job
+            job.fail(InferenceFailed(f"cannot encode the inputs: {type(exc).__name__}: {exc}"))
+        if job.error is not None:
+            self.reporter.finish(lane.model.model_id, [job])
+            return True
+        items = [Item(job, index, enc, enc.length, job.params_key, next(self._seq))
+                 for index, enc in enumerate(encodings)]
         with self._cond:
-            lane = self._lanes.get(job.model_id)
-            if lane is None:
-                return False
-            lane.incoming.append(job)
-            lane.incoming_items += len(job.inputs)
+            lane.incoming.extend(items)
             lane.in_hand += 1
             self._cond.notify()
         return True
@@ -117,17 +130,14 @@ class Batcher:
                     self._cond.wait()
                 if self._stopping:
                     return
-                arrivals = []
                 for lane in self._lanes.values():
                     if lane.incoming:
-                        arrivals.append((lane, lane.incoming))
-                        lane.incoming, lane.incoming_items = [], 0
+                        lane.waiting.extend(lane.incoming)
+                        lane.incoming = []
             try:
                 for lane in list(self._lanes.values()):
                     if not lane.calibrated:
                         self._calibrate(lane)
-                for lane, jobs in arrivals:
-                    self._admit(lane, jobs)
                 lane = self._next_lane()
                 if lane is None:
                     continue
@@ -188,7 +198,16 @@ class Batcher:
     def _next_lane(self) -> Lane | None:
         """The lane whose oldest waiting item is oldest: no model starves another."""
         best, best_seq = None, None
+        now = time.time()
         for lane in self._lanes.values():
+            expired = [job for job in dict.fromkeys(it.job for it in lane.waiting)
+                       if job.expires_at is not None and job.started_at is None and now > job.expires_at
+                       and not job.done]
+            for job in expired:
+                job.fail(DeadlineExceeded(
+                    f"the job waited {now - job.received_at:.1f}s for the model, past its options.timeout"))
+            if expired:
+                self._finish(lane, expired)
             lane.waiting = [it for it in lane.waiting if not it.job.done]
             if lane.waiting and (best_seq is None or lane.waiting[0].seq < best_seq):
                 best, best_seq = lane, lane.waiting[0].seq
@@ -205,25 +224,6 @@ class Batcher:
             if not lane.incoming and not self._stopping:
                 self._cond.wait(remaining)
         return True
-
-    def _admit(self, lane: Lane, jobs: list[Job]) -> None:
-        """Encode new jobs' items and queue them; a job that fails encoding ends here."""
-        failed = []
-        for job in jobs:
-            try:
-                encodings = lane.runner.encode(job.inputs, job.params)
-            except ServiceError as exc:
-                job.fail(exc)
-                failed.append(job)
-                continue
-            except Exception as exc:  # noqa: BLE001 - a tokenizer crash fails only this job
-                job.fail(InferenceFailed(f"cannot encode the inputs: {type(exc).__name__}: {exc}"))
-                failed.append(job)
-                continue
-            for index, enc in enumerate(encodings):
-                lane.waiting.append(Item(job, index, enc, enc.length, job.params_key, next(self._seq)))
-        if failed:
-            self._finish(lane, failed)
 
     def _run(self, lane: Lane, batch: list[Item]) -> None:
         jobs = list(dict.fromkeys(it.job for it in batch))
@@ -255,11 +255,14 @@ class Batcher:
                 item.job.fail(InferenceFailed(
                     f"the model failed on inputs[{item.index}]: {type(exc).__name__}: {exc}"))
 
+        longest = max(it.length for it in batch)
+        log.debug("batch: %s, %d items, longest %d tokens, %d padded tokens",
+                  lane.model.model_id, len(batch), longest, longest * len(batch))
         started = time.perf_counter()
         passes = run_isolating(batch, run, on_outputs, on_error)
         elapsed = time.perf_counter() - started
         if passes == 1:
-            lane.cost.observe(len(batch), max(it.length for it in batch), elapsed)
+            lane.cost.observe(len(batch), longest, elapsed)
         for job in jobs:
             job.forward_s += elapsed
             job.largest_batch = max(job.largest_batch, len(batch))

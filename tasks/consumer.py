@@ -7,6 +7,9 @@ runs items of many jobs in one forward pass, stores each job's result and
 only then acks its message. Every job still gets its own task-received,
 -started and -succeeded/-failed events, so Flower shows each one.
 
+Per job, the consumer thread only reads the message and tokenizes its
+inputs; results, acks and events are the reporter's (tasks/reporting.py).
+
 Why not the `celery-batches` package: it pins celery < 5.7, flushes on a
 periodic timer instead of the moment the model is idle (a lone request
 waits for the tick), acknowledges a whole batch even when it failed, and
@@ -25,9 +28,6 @@ log = logging.getLogger(__name__)
 def batching_strategy(task, app, consumer, **kwargs):
     """Build the per-message handler Celery calls for `tasks.infer`."""
     serving = consumer.atf_serving
-    eventer = consumer.event_dispatcher
-    send_event = eventer.send if eventer is not None and eventer.enabled and task.send_events else None
-    name = task.name
 
     def task_message_handler(message, body, ack, reject, callbacks, **kw):
         try:
@@ -40,15 +40,7 @@ def batching_strategy(task, app, consumer, **kwargs):
             else:
                 ack(log, consumer.connection_errors)
             return
-        if send_event is not None:
-            headers = message.headers
-            send_event(
-                "task-received",
-                uuid=job.id, name=name,
-                args=headers.get("argsrepr", "()"), kwargs=headers.get("kwargsrepr", "{}"),
-                root_id=headers.get("root_id"), parent_id=headers.get("parent_id"),
-                retries=headers.get("retries", 0), eta=None, expires=headers.get("expires"),
-            )
+        serving.reporter.received(job)
         serving.submit(job)
 
     return task_message_handler

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import orjson
 
@@ -33,6 +34,7 @@ class Job:
     ack: object = None
     reject: object = None
     received_at: float = field(default_factory=time.time)
+    expires_at: float | None = None  # Celery's `expires`: drop the job unrun after this
     started_at: float | None = None
     outputs: list = field(default_factory=list)
     remaining: int = 0
@@ -104,8 +106,14 @@ def job_from_message(message, **extra) -> Job:
     if not isinstance(params, dict):
         raise InvalidJob(job_id, "parameters must be an object")
     reply_to = (message.properties or {}).get("reply_to") or None
+    expires_at = None
+    if headers.get("expires"):
+        try:
+            expires_at = datetime.fromisoformat(headers["expires"]).timestamp()
+        except (TypeError, ValueError):
+            raise InvalidJob(job_id, f"expires is not an ISO 8601 time: {headers['expires']!r}") from None
     return Job(id=job_id, model_id=model_id, inputs=inputs, params=params, is_list=bool(is_list),
-               reply_to=reply_to, message=message, **extra)
+               reply_to=reply_to, message=message, expires_at=expires_at, **extra)
 
 
 def invalid_job_error(exc: InvalidJob) -> ValidationFailed:

@@ -105,6 +105,7 @@ class ModelServing(bootsteps.StartStopStep):
         if self.batcher is not None:
             self.batcher.stop()
         if self.reporter is not None:
+            self.reporter.stop()
             self.reporter.flush()  # we are on the consumer thread: ack now
 
 

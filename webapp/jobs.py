@@ -63,8 +63,13 @@ class JobService:
 
     # -- publishing -------------------------------------------------------
 
-    def submit(self, model_id: str, items, is_list: bool, parameters: dict, wait: bool) -> tuple[str, Waiter | None]:
-        """Record and publish one job; return its id and, if `wait`, a waiter."""
+    def submit(self, model_id: str, items, is_list: bool, parameters: dict, wait: bool,
+               timeout: float | None = None) -> tuple[str, Waiter | None]:
+        """Record and publish one job; return its id and, if `wait`, a waiter.
+
+        With `timeout`, the job expires (Celery's `expires`) that many seconds
+        from now: a worker that gets to it later drops it unrun.
+        """
         self._check_queue_depth(model_id)
         job_id = str(uuid.uuid4())
         waiter = None
@@ -80,7 +85,10 @@ class JobService:
         }
         kwargs = {"model_id": model_id, "inputs": list(items), "parameters": parameters, "is_list": is_list}
         try:
-            self.publisher.publish(job_id, model_id, kwargs, self.listener.channel, record)
+            expires = None
+            if timeout is not None:
+                expires = datetime.fromtimestamp(time.time() + timeout, timezone.utc).isoformat()
+            self.publisher.publish(job_id, model_id, kwargs, self.listener.channel, record, expires)
         except _REDIS_ERRORS + (KombuError, OperationalError) as exc:
             if waiter is not None:
                 self.listener.discard(job_id)

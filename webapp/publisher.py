@@ -57,7 +57,7 @@ class RedisPublisher:
             settings.broker_url, socket_connect_timeout=2, socket_timeout=10)
         self._origin = f"gen{os.getpid()}@{socket.gethostname()}"
 
-    def envelope(self, job_id: str, queue: str, kwargs: dict, reply_to: str) -> bytes:
+    def envelope(self, job_id: str, queue: str, kwargs: dict, reply_to: str, expires: str | None = None) -> bytes:
         """The message exactly as kombu's Redis transport stores it."""
         body = orjson.dumps([[], kwargs, _EMBED])
         return orjson.dumps({
@@ -66,7 +66,7 @@ class RedisPublisher:
             "content-type": "application/json",
             "headers": {
                 "lang": "py", "task": protocol.INFER_TASK, "id": job_id, "shadow": None,
-                "eta": None, "expires": None, "group": None, "group_index": None, "retries": 0,
+                "eta": None, "expires": expires, "group": None, "group_index": None, "retries": 0,
                 "timelimit": [None, None], "root_id": job_id, "parent_id": None,
                 "argsrepr": "()", "kwargsrepr": saferepr(kwargs, REPR_MAXSIZE), "origin": self._origin,
                 "ignore_result": True, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
@@ -78,10 +78,11 @@ class RedisPublisher:
             },
         })
 
-    def publish(self, job_id: str, model_id: str, kwargs: dict, reply_to: str, record: dict) -> None:
+    def publish(self, job_id: str, model_id: str, kwargs: dict, reply_to: str, record: dict,
+                expires: str | None = None) -> None:
         """Record the job and queue its message (one round trip when they share a Redis)."""
         queue = protocol.queue_for(model_id)
-        message = self.envelope(job_id, queue, kwargs, reply_to)
+        message = self.envelope(job_id, queue, kwargs, reply_to, expires)
         with self._results.pipeline(transaction=False) as pipe:
             _record_commands(pipe, job_id, record, self._ttl)
             if self._broker is self._results:
@@ -104,13 +105,14 @@ class CeleryPublisher:
         self._depth_lock = threading.Lock()
         self._depth_conn = None
 
-    def publish(self, job_id: str, model_id: str, kwargs: dict, reply_to: str, record: dict) -> None:
+    def publish(self, job_id: str, model_id: str, kwargs: dict, reply_to: str, record: dict,
+                expires: str | None = None) -> None:
         with self._results.pipeline(transaction=False) as pipe:
             _record_commands(pipe, job_id, record, self._ttl)
             pipe.execute()
         self.celery.send_task(
             protocol.INFER_TASK, kwargs=kwargs, task_id=job_id, queue=protocol.queue_for(model_id),
-            reply_to=reply_to,
+            reply_to=reply_to, expires=expires,
             # Results are always stored by our workers; this only stops
             # Celery from subscribing per task in this process.
             ignore_result=True,

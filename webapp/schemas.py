@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import orjson
 
 from common.errors import BadRequest, InputTooLong, ValidationFailed
-from common.settings import DEFAULT_WAIT_S, MAX_WAIT_S, MODEL_ID_RE, Settings
+from common.settings import DEFAULT_WAIT_S, MAX_TIMEOUT_S, MAX_WAIT_S, MODEL_ID_RE, Settings
 
 PREDICT_FIELDS = ("model_id", "inputs", "text", "parameters", "options")
-OPTION_FIELDS = ("wait", "use_cache")
+OPTION_FIELDS = ("wait", "use_cache", "timeout")
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class PredictRequest:
     parameters: dict
     wait: float
     use_cache: bool
+    timeout: float | None = None  # seconds the job may wait for the model before it is dropped
 
 
 def parse_json(raw: bytes):
@@ -61,8 +62,8 @@ def parse_predict(body, settings: Settings) -> PredictRequest:
         parameters = {}
     if not isinstance(parameters, dict):
         raise ValidationFailed("parameters must be a JSON object", field="parameters")
-    wait, use_cache = _parse_options(body.get("options"))
-    return PredictRequest(model_id, items, is_list, parameters, wait, use_cache)
+    wait, use_cache, timeout = _parse_options(body.get("options"))
+    return PredictRequest(model_id, items, is_list, parameters, wait, use_cache, timeout)
 
 
 def _parse_inputs(value, field: str, settings: Settings) -> tuple[tuple, bool]:
@@ -94,9 +95,9 @@ def _check_item(value, where: str, settings: Settings):
     return value
 
 
-def _parse_options(options) -> tuple[float, bool]:
+def _parse_options(options) -> tuple[float, bool, float | None]:
     if options is None:
-        return DEFAULT_WAIT_S, True
+        return DEFAULT_WAIT_S, True, None
     if not isinstance(options, dict):
         raise ValidationFailed("options must be a JSON object", field="options")
     unknown = sorted(set(options) - set(OPTION_FIELDS))
@@ -113,4 +114,10 @@ def _parse_options(options) -> tuple[float, bool]:
     use_cache = options.get("use_cache", True)
     if not isinstance(use_cache, bool):
         raise ValidationFailed("options.use_cache must be true or false", field="options.use_cache")
-    return float(wait), use_cache
+    timeout = options.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 < timeout <= MAX_TIMEOUT_S):
+        raise ValidationFailed(
+            f"options.timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT_S:g}",
+            field="options.timeout")
+    return float(wait), use_cache, None if timeout is None else float(timeout)

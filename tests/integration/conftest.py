@@ -44,7 +44,26 @@ def model_dir(tmp_path_factory):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     (root / "minilm-b").symlink_to(root / "minilm", target_is_directory=True)
+    build_poisoned_model(root / "minilm", root / "tiny-poison")
     return root
+
+
+def build_poisoned_model(tokenizer_from: Path, target: Path) -> None:
+    """A tiny random BERT whose embeddings stop 22 ids short of its tokenizer's vocabulary.
+
+    Ordinary English runs; a text with a full-width character glued to a
+    word (e.g. "word～", token id 30521) makes the forward pass raise
+    IndexError. A real model defect, for testing how one bad item is isolated.
+    """
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=30500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(target)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(tokenizer_from / name, target / name)
 
 
 def service_env(redis_url: str, model_dir: Path, **settings) -> dict:

@@ -100,3 +100,23 @@ def test_full_queue_is_429_with_retry_after(redis_url, model_dir, rdb):
     refused = client.post("/jobs", json=body)
     assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
     assert refused.get_json()["error"]["type"] == "queue_full"
+
+
+def test_prefetch_bounds_unacked_jobs_and_acks_free_the_slots(api, redis_url, model_dir, log_dir, rdb):
+    """With WORKER_PREFETCH=2 a worker holds at most 2 jobs; every ack frees a slot, none leaks."""
+    env = service_env(redis_url, model_dir, preload_models="minilm-b", max_batch_size=2, worker_prefetch=2)
+    w = Worker("narrow", env, log_dir).wait_ready()
+    try:
+        ids = [api.post("/jobs", json={"model_id": "minilm-b", "inputs": [f"sentence number {i}"]}).json()["job_id"]
+               for i in range(20)]
+        held = []
+        for job_id in ids:
+            held.append(rdb.zcard("unacked_index"))
+            assert wait_for_status(api, job_id, {"succeeded"}, timeout=60)["status"] == "succeeded"
+        assert max(held) <= 2
+        deadline = time.monotonic() + 5
+        while rdb.hlen("unacked") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rdb.hlen("unacked") == 0 and rdb.zcard("unacked_index") == 0
+    finally:
+        w.stop()

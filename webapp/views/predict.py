@@ -40,7 +40,8 @@ def predict():
     started = time.monotonic()
     req, params = _accept()
     jobs = services().jobs
-    job_id, waiter = jobs.submit(req.model_id, req.items, req.is_list, params, wait=req.wait > 0)
+    job_id, waiter = jobs.submit(req.model_id, req.items, req.is_list, params, wait=req.wait > 0,
+                                 timeout=req.timeout)
     JOBS.labels(req.model_id).inc()
     payload = jobs.wait(waiter, req.wait) if waiter is not None else None
     if payload is None:
@@ -65,7 +66,8 @@ def predict():
 def create_job():
     """Queue inputs for a model; poll the returned status_url for the result."""
     req, params = _accept()
-    job_id, _ = services().jobs.submit(req.model_id, req.items, req.is_list, params, wait=False)
+    job_id, _ = services().jobs.submit(req.model_id, req.items, req.is_list, params, wait=False,
+                                       timeout=req.timeout)
     JOBS.labels(req.model_id).inc()
     return _accepted(job_id)
 

@@ -1,0 +1,275 @@
+"""`python -m bench` (or `make bench`): the system against the physical limit, in one run.
+
+1. the in-process ceiling of `minilm` on the texts below (bench/ceiling.py);
+2. the system through HTTP POST /predict — a private Redis, one worker,
+   the webapp under gunicorn with its default settings — at 1, 8, 32 and
+   64 concurrent clients (wrk, closed loop), each request a different
+   sentence of real English (CPython's pydoc_data.topics), cache bypassed;
+3. the same with batching off (MAX_BATCH_SIZE=1);
+then the ratios, a markdown table (bench/RESULTS.md), a PNG plot and the raw
+figures (bench/out/). CPU time per request is read for every process, so
+the report says where the CPU goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import redis
+
+from bench.load import sentences
+from common.protocol import batch_stats_key
+from devtools.processes import PYTHON, ROOT, Webapp, Worker, service_env
+from devtools.redis_server import EmbeddedRedis
+
+OUT = ROOT / "bench" / "out"
+LUA = ROOT / "bench" / "predict.lua"
+
+
+class Progress:
+    def __init__(self, total: int):
+        self.total, self.step, self.started = total, 0, time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        self.step += 1
+        print(f"[{self.step:>2}/{self.total}] {time.monotonic() - self.started:6.0f}s  {text}", flush=True)
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def run_wrk(url: str, bodies: Path, clients: int, seconds: float, offset: int) -> tuple[dict, float]:
+    """One closed-loop level; returns wrk's summary and wrk's own CPU seconds."""
+    summary = OUT / f"wrk-{clients}.json"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(
+        ["wrk", "-t1", f"-c{clients}", f"-d{seconds:.0f}s", "--timeout", "60s", "-s", str(LUA), url,
+         "--", str(bodies), str(offset)],
+        env=dict(os.environ, WRK_OUT=str(summary)), check=True, capture_output=True,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return json.loads(summary.read_text()), wrk_cpu
+
+
+def batch_counters(client: redis.Redis, model_id: str) -> tuple[float, float, float]:
+    """(forward passes, items, seconds in forward passes) the worker reports."""
+    raw = client.hgetall(batch_stats_key(model_id))
+    return float(raw.get(b"batches", 0)), float(raw.get(b"items", 0)), float(raw.get(b"forward_seconds", 0))
+
+
+def measure_config(name: str, settings: dict, redis_server, model_dir: Path, bodies: Path, levels, seconds,
+                   progress, log_dir: Path) -> list[dict]:
+    env = service_env(redis_server.url, model_dir, preload_models="minilm", **settings)
+    worker = Worker(f"bench-{name}", env, log_dir).wait_ready()
+    webapp = Webapp(env, log_dir).wait_ready()
+    client = redis.Redis.from_url(redis_server.url)
+    rows = []
+    try:
+        run_wrk(webapp.url, bodies, 8, 3, 0)  # warm-up: connections, threads, kernels
+        for i, clients in enumerate(levels):
+            procs = {"worker": tree(worker.process.pid), "webapp": tree(webapp.process.pid),
+                     "redis": [psutil.Process(redis_server.process.pid)]}
+            cpu0 = {k: cpu_seconds(v) for k, v in procs.items()}
+            passes0, items0, forward0 = batch_counters(client, "minilm")
+            summary, wrk_cpu = run_wrk(webapp.url, bodies, clients, seconds, 5000 * (i + 1))
+            passes1, items1, forward1 = batch_counters(client, "minilm")
+            cpu1 = {k: cpu_seconds(v) for k, v in procs.items()}
+            requests = summary["requests"]
+            duration = summary["duration_us"] / 1e6
+            row = {
+                "config": name, "clients": clients, "requests": requests,
+                "errors": summary["socket_errors"] + summary["non_2xx"],
+                "rps": requests / duration,
+                "p50_ms": summary["p50_us"] / 1000, "p90_ms": summary["p90_us"] / 1000,
+                "p99_ms": summary["p99_us"] / 1000,
+                "mean_batch": (items1 - items0) / (passes1 - passes0) if passes1 > passes0 else 0.0,
+                # share of the wall time the model spent in forward passes, and their speed
+                "device_busy": (forward1 - forward0) / duration,
+                "forward_items_per_s": (items1 - items0) / (forward1 - forward0) if forward1 > forward0 else 0.0,
+                "cpu_ms_per_request": {k: 1000 * (cpu1[k] - cpu0[k]) / max(requests, 1) for k in procs},
+                "cores_used": {k: (cpu1[k] - cpu0[k]) / duration for k in procs},
+            }
+            row["cpu_ms_per_request"]["wrk"] = 1000 * wrk_cpu / max(requests, 1)
+            rows.append(row)
+            progress(f"batching {name:<3} {clients:>2} clients: {row['rps']:6.1f} req/s, p50 {row['p50_ms']:7.1f} ms, "
+                     f"p99 {row['p99_ms']:7.1f} ms, mean batch {row['mean_batch']:4.1f}, model busy "
+                     f"{100 * row['device_busy']:3.0f}% at {row['forward_items_per_s']:5.1f} items/s, "
+                     f"errors {row['errors']}")
+    finally:
+        webapp.stop()
+        worker.stop()
+    return rows
+
+
+def plot(rows: list[dict], ceiling: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, style in (("on", "o-"), ("off", "s--")):
+        pts = [r for r in rows if r["config"] == name]
+        if not pts:
+            continue
+        x = [r["clients"] for r in pts]
+        left.plot(x, [r["rps"] for r in pts], style, label=f"batching {name}")
+        right.plot(x, [r["p50_ms"] for r in pts], style, label=f"p50, batching {name}")
+        right.plot(x, [r["p99_ms"] for r in pts], style, alpha=0.5, label=f"p99, batching {name}")
+    top = ceiling["ceiling_texts_per_s"]
+    left.axhline(top, color="black", lw=1, label=f"in-process ceiling ({top:.0f}/s)")
+    left.axhline(0.85 * top, color="grey", lw=1, ls=":", label="0.85 x ceiling")
+    left.set(xscale="log", xlabel="concurrent clients", ylabel="requests/s", title="Throughput (minilm, HTTP /predict)")
+    right.axhline(ceiling["single_p50_ms"], color="black", lw=1, label="in-process single forward p50")
+    right.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="ms", title="Latency")
+    for ax in (left, right):
+        ax.set_xticks([r["clients"] for r in rows if r["config"] == "on"])
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def report(rows: list[dict], ceiling: dict, args, started: str) -> str:
+    on = {r["clients"]: r for r in rows if r["config"] == "on"}
+    off = {r["clients"]: r for r in rows if r["config"] == "off"}
+    top = ceiling["ceiling_texts_per_s"]
+    most = max(on)
+    lines = [
+        "# Benchmark results",
+        "",
+        f"`python -m bench --duration {args.duration:g}` on {started}: {platform.node()}, "
+        f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, Python "
+        f"{platform.python_version()}; model `minilm` (all-MiniLM-L6-v2) on the CPU; "
+        f"{ceiling['texts']} sampled sentences of `pydoc_data.topics`, mean {ceiling['mean_tokens']:.1f} tokens.",
+        "",
+        "## Targets (SPEC §11)",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+    ]
+    ratio = on[most]["rps"] / top
+    lines.append(f"| {most} clients ≥ 0.85 × in-process ceiling | {on[most]['rps']:.1f} / {top:.1f} = "
+                 f"**{ratio:.2f}×** | {'met' if ratio >= 0.85 else 'missed'} |")
+    if most in off:
+        gain = on[most]["rps"] / off[most]["rps"]
+        lines.append(f"| batching on vs off at {most} clients ≥ 2.5× | {on[most]['rps']:.1f} / "
+                     f"{off[most]['rps']:.1f} = **{gain:.2f}×** | {'met' if gain >= 2.5 else 'missed'} |")
+    if 1 in on:
+        budget = ceiling["single_p50_ms"] + 5
+        lines.append(f"| 1 client p50 ≤ in-process single forward p50 + 5 ms | {on[1]['p50_ms']:.1f} ms vs "
+                     f"{ceiling['single_p50_ms']:.1f} + 5 = {budget:.1f} ms | "
+                     f"{'met' if on[1]['p50_ms'] <= budget else 'missed'} |")
+    lines += [
+        "",
+        "## In-process ceiling",
+        "",
+        "| batch | texts/s, length-sorted | texts/s, arrival order |",
+        "|---:|---:|---:|",
+    ]
+    for size, row in ceiling["batched"].items():
+        lines.append(f"| {size} | {row['sorted']:.1f} | {row['arrival']:.1f} |")
+    lines += [
+        "",
+        f"Single forward (one text at a time): p50 {ceiling['single_p50_ms']:.1f} ms, "
+        f"p99 {ceiling['single_p99_ms']:.1f} ms. Ceiling: {top:.1f} texts/s (batches of "
+        f"{ceiling['ceiling_batch']}, length-sorted).",
+        "",
+        "## Through HTTP",
+        "",
+        "| batching | clients | req/s | × ceiling | p50 ms | p90 ms | p99 ms | mean batch | model busy "
+        "| items/s in forward | errors | CPU ms/request: worker · webapp · redis · wrk |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        cpu = r["cpu_ms_per_request"]
+        lines.append(
+            f"| {r['config']} | {r['clients']} | {r['rps']:.1f} | {r['rps'] / top:.2f} | {r['p50_ms']:.1f} "
+            f"| {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_batch']:.1f} | {100 * r['device_busy']:.0f}% "
+            f"| {r['forward_items_per_s']:.1f} | {r['errors']} "
+            f"| {cpu['worker']:.1f} · {cpu['webapp']:.2f} · {cpu['redis']:.2f} · {cpu['wrk']:.2f} |")
+    lines += ["", "![throughput and latency](bench.png)", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=15, help="seconds per level (default 15)")
+    parser.add_argument("--levels", default="1,8,32,64", help="concurrent clients (default 1,8,32,64)")
+    parser.add_argument("--skip-off", action="store_true", help="do not measure with batching off")
+    parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"), help="markdown report path")
+    args = parser.parse_args(argv)
+    if not shutil.which("wrk"):
+        print("bench needs wrk (apt-get install wrk)", file=sys.stderr)
+        return 2
+    levels = [int(x) for x in args.levels.split(",")]
+    configs = [("on", {})] + ([] if args.skip_off else [("off", {"max_batch_size": 1})])
+    progress = Progress(3 + len(configs) * len(levels))
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="atf-bench-"))
+    try:
+        texts = sentences()
+        (work / "texts.txt").write_text("\n".join(texts) + "\n")
+        bodies = OUT / "bodies.jsonl"
+        with open(bodies, "w") as f:
+            for text in texts:
+                f.write(json.dumps({"model_id": "minilm", "inputs": text, "options": {"use_cache": False}}) + "\n")
+        model_dir = work / "models"
+        subprocess.run([PYTHON, "-m", "model_store", "build-demo", "minilm"], cwd=ROOT, check=True,
+                       env=dict(os.environ, MODEL_DIR=str(model_dir)), stdout=subprocess.DEVNULL)
+        progress(f"{len(texts)} unique sentences; demo model built")
+        ceiling_json = OUT / "ceiling.json"
+        subprocess.run([PYTHON, "-m", "bench.ceiling", str(model_dir / "minilm"), str(work / "texts.txt"),
+                        str(ceiling_json)], cwd=ROOT, check=True)
+        ceiling = json.loads(ceiling_json.read_text())
+        ceiling["batched"] = {int(k): v for k, v in ceiling["batched"].items()}
+        progress(f"in-process ceiling {ceiling['ceiling_texts_per_s']:.1f} texts/s (batches of "
+                 f"{ceiling['ceiling_batch']}), single forward p50 {ceiling['single_p50_ms']:.1f} ms")
+        rows = []
+        with EmbeddedRedis() as server:
+            for name, settings in configs:
+                rows += measure_config(name, settings, server, model_dir, bodies, levels, args.duration,
+                                       progress, work)
+        (OUT / "results.json").write_text(json.dumps({"ceiling": ceiling, "rows": rows}, indent=1))
+        plot(rows, ceiling, ROOT / "bench" / "bench.png")
+        text = report(rows, ceiling, args, started)
+        Path(args.results).write_text(text)
+        progress(f"wrote {args.results}, bench/bench.png, {OUT / 'results.json'}")
+        print()
+        print(text)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The batching engine with a real worker: caps, failure isolation, deadlines."""
+
+import concurrent.futures as futures
+import re
+from pydoc_data.topics import topics
+
+import pytest
+
+from tests.integration.conftest import Worker, batch_stats, service_env, wait_for_status
+
+TEXT = " ".join(topics.values())
+WORDS = TEXT.split()
+
+
+@pytest.fixture(scope="module")
+def capped_worker(redis_url, model_dir, log_dir):
+    """A worker for tiny-poison with small caps, logging every batch."""
+    env = service_env(redis_url, model_dir, preload_models="tiny-poison", max_batch_size=8, max_batch_tokens=256)
+    w = Worker("capped", env, log_dir, loglevel="debug").wait_ready()
+    yield w
+    w.stop()
+
+
+def batches_logged(worker):
+    return [(int(n), int(longest), int(padded)) for n, longest, padded in re.findall(
+        r"batch: tiny-poison, (\d+) items, longest (\d+) tokens, (\d+) padded tokens", worker.log())]
+
+
+def test_mixed_lengths_stay_within_both_caps(api, capped_worker):
+    """64 concurrent jobs of 3 to 120 words: every batch holds <= 8 items and <= 256 padded tokens."""
+    before = len(batches_logged(capped_worker))
+    texts = [" ".join(WORDS[i * 150:i * 150 + 3 + (i * 37) % 118]) for i in range(64)]
+
+    def one(text):
+        return api.post("/predict", json={"model_id": "tiny-poison", "inputs": text})
+
+    with futures.ThreadPoolExecutor(64) as pool:
+        responses = list(pool.map(one, texts))
+    assert [r.status_code for r in responses] == [200] * 64
+    batches = batches_logged(capped_worker)[before:]
+    assert sum(n for n, _, _ in batches) >= 64
+    assert all(n <= 8 for n, _, _ in batches)
+    assert all(padded <= 256 or n == 1 for n, _, padded in batches)
+    assert any(n > 1 for n, _, _ in batches), "concurrent jobs should share batches"
+
+
+def test_one_poisoned_item_among_20_fails_alone(api, capped_worker, rdb):
+    """A batch that raises is split until the bad item is alone: 19 jobs succeed, 1 fails."""
+    before = batch_stats(rdb, "tiny-poison")
+    texts = [f"an ordinary sentence number {i}" for i in range(20)]
+    texts[7] = "this one breaks the model～"
+    # A long job first, so the 20 wait together and share batches.
+    api.post("/jobs", json={"model_id": "tiny-poison", "inputs": [" ".join(WORDS[:100])] * 64})
+    with futures.ThreadPoolExecutor(20) as pool:
+        ids = list(pool.map(
+            lambda t: api.post("/jobs", json={"model_id": "tiny-poison", "inputs": t}).json()["job_id"], texts))
+    jobs = [wait_for_status(api, job_id, {"succeeded", "failed"}) for job_id in ids]
+    assert [j["status"] for j in jobs] == ["succeeded"] * 7 + ["failed"] + ["succeeded"] * 12
+    assert jobs[7]["error"]["type"] == "inference_failed" and "IndexError" in jobs[7]["error"]["message"]
+    after = batch_stats(rdb, "tiny-poison")
+    # the batch holding the bad item needed extra passes to find it
+    assert after["passes"] - before["passes"] > after["batches"] - before["batches"]
+    response = api.post("/predict", json={"model_id": "tiny-poison", "inputs": ["fine", "broken～"]})
+    assert response.status_code == 424 and response.json()["error"]["type"] == "inference_failed"
+
+
+def test_a_job_past_its_timeout_is_dropped_unrun(api, capped_worker):
+    """options.timeout: a job the model does not reach in time fails with 504, never runs."""
+    busy = api.post("/jobs", json={"model_id": "tiny-poison", "inputs": [" ".join(WORDS[:100])] * 256}).json()
+    late = api.post("/predict", json={"model_id": "tiny-poison", "inputs": "too late",
+                                      "options": {"timeout": 0.05}})
+    assert late.status_code == 504 and late.json()["error"]["type"] == "deadline_exceeded"
+    job = api.get(f"/jobs/{late.json()['error']['job_id']}").json()
+    assert job["status"] == "failed" and "started_at" not in job
+    assert wait_for_status(api, busy["job_id"], {"succeeded"})["status"] == "succeeded"
