@@ -32,5 +32,10 @@ test: install-dev
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests - failing" >&2; fi; \
 	exit $$rc
 
+# The benchmark of bench/ (needs wrk: apt-get install wrk); writes bench/RESULTS.md and bench/bench.png.
+bench: install-dev
+	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install wrk" >&2; exit 2; }
+	$(PY) -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache

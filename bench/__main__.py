@@ -216,7 +216,37 @@ def report(rows: list[dict], ceiling: dict, args, started: str) -> str:
             f"| {r['forward_items_per_s']:.1f} | {r['errors']} "
             f"| {cpu['worker']:.1f} · {cpu['webapp']:.2f} · {cpu['redis']:.2f} · {cpu['wrk']:.2f} |")
     lines += ["", "![throughput and latency](bench.png)", ""]
+    lines += analysis(on[most], ceiling)
     return "\n".join(lines)
+
+
+def analysis(row: dict, ceiling: dict) -> list[str]:
+    """Where the CPU of one request goes at the highest concurrency, against the ideal."""
+    cores = psutil.cpu_count()
+    cpu = row["cpu_ms_per_request"]
+    ideal_forward = 1000 * cores / ceiling["ceiling_texts_per_s"]  # all cores on the model, best batches
+    total = sum(cpu.values())
+    beyond = total - ideal_forward
+    at_target = 1000 * cores / (0.85 * ceiling["ceiling_texts_per_s"]) - ideal_forward
+    return [
+        "## Where the CPU goes",
+        "",
+        f"At {row['clients']} clients every request costs {total:.1f} ms of CPU across all processes "
+        f"({cores} cores / {row['rps']:.1f} req/s = {1000 * cores / row['rps']:.1f} ms of wall-clock core time). "
+        f"The model at the in-process ceiling needs {ideal_forward:.1f} ms of CPU per text; "
+        f"0.85 × ceiling leaves {at_target:.1f} ms per request for everything else.",
+        "",
+        "| process | CPU ms per request |",
+        "|---|---:|",
+        *[f"| {name} | {value:.2f} |" for name, value in cpu.items()],
+        f"| **total** | **{total:.2f}** ({beyond:+.2f} over the ideal forward) |",
+        "",
+        f"The worker's share includes its forward passes, which ran at {row['forward_items_per_s']:.1f} items/s "
+        f"while the model was busy ({100 * row['device_busy']:.0f}% of the time) — against "
+        f"{ceiling['ceiling_texts_per_s']:.1f} texts/s in a quiet process: on {cores} cores the model's threads "
+        f"share the CPU with the webapp, Redis and the load generator.",
+        "",
+    ]
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from common.params import TASK_PARAMS
-from common.settings import MAX_WAIT_S, Settings
+from common.settings import MAX_TIMEOUT_S, MAX_WAIT_S, Settings
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -59,6 +59,9 @@ def build_openapi(settings: Settings) -> dict:
                     "wait": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 30,
                              "description": "seconds /predict waits before answering 202 with the job's URL"},
                     "use_cache": {"type": "boolean", "default": True},
+                    "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_S,
+                                "description": "seconds the job may wait for the model; past it the job is "
+                                               "dropped unrun (504 deadline_exceeded)"},
                 },
             },
         },
@@ -108,6 +111,7 @@ def build_openapi(settings: Settings) -> dict:
                         "timings": {"type": "object"}}}, "the job succeeded"),
                     "202": _json(accepted, "not done within options.wait; poll status_url", _LOCATION),
                     "424": _error("the model failed on an input"),
+                    "504": _error("options.timeout passed before the model got to the job"),
                     **body_errors,
                 },
             }},

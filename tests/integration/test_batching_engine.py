@@ -2,6 +2,7 @@
 
 import concurrent.futures as futures
 import re
+import time
 from pydoc_data.topics import topics
 
 import pytest
@@ -73,3 +74,25 @@ def test_a_job_past_its_timeout_is_dropped_unrun(api, capped_worker):
     job = api.get(f"/jobs/{late.json()['error']['job_id']}").json()
     assert job["status"] == "failed" and "started_at" not in job
     assert wait_for_status(api, busy["job_id"], {"succeeded"})["status"] == "succeeded"
+
+
+def test_max_wait_lets_a_batch_wait_for_company(api, redis_url, model_dir, log_dir):
+    """MAX_WAIT_MS: a request arriving shortly after another joins its batch."""
+    w = Worker("lingering", service_env(redis_url, model_dir, preload_models="minilm-b", max_wait_ms=400),
+               log_dir).wait_ready()
+    try:
+        with futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(api.post, "/predict", json={"model_id": "minilm-b", "inputs": "the first one"})
+            time.sleep(0.1)
+            second = pool.submit(api.post, "/predict", json={"model_id": "minilm-b", "inputs": "the second one"})
+            timings = [first.result().json()["timings"], second.result().json()["timings"]]
+        assert [t["batch_size"] for t in timings] == [2, 2]
+        assert timings[0]["worker_queue_ms"] >= 90  # it waited for the second
+    finally:
+        w.stop()
+
+
+def test_a_lone_request_is_not_delayed(api):
+    """MAX_WAIT_MS=0 (default): a lone request starts at once, no timer tick."""
+    timings = api.post("/predict", json={"model_id": "minilm", "inputs": "alone"}).json()["timings"]
+    assert timings["batch_size"] == 1 and timings["worker_queue_ms"] < 50
