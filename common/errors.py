@@ -8,6 +8,9 @@ same status the error would have had in the webapp itself.
 
 from __future__ import annotations
 
+# Details that become response headers, not part of the error body.
+HEADER_DETAILS = ("www_authenticate",)
+
 
 class SettingsError(Exception):
     """Raised when an environment variable holds a bad value."""
@@ -26,7 +29,7 @@ class ServiceError(Exception):
 
     def to_dict(self) -> dict:
         body = {"type": self.type, "message": self.message}
-        body.update(self.details)
+        body.update((k, v) for k, v in self.details.items() if k not in HEADER_DETAILS)
         return {"error": body}
 
 

@@ -67,6 +67,26 @@ TASK_PARAMS: dict[str, tuple[Param, ...]] = {
 
 SERVED_TASKS = tuple(TASK_PARAMS)
 
+# Other names transformers' pipeline() accepts for a task.
+TASK_ALIASES = {
+    "sentiment-analysis": "text-classification",
+    "ner": "token-classification",
+}
+
+
+def normalize_task(name):
+    """A `model_type` as given (task name, underscore form or alias) -> the task; None stays None."""
+    if name is None or name == "":
+        return None
+    if not isinstance(name, str):
+        raise ValidationFailed("model_type must be a string", field="model_type")
+    task = name.strip().lower().replace("_", "-")
+    task = TASK_ALIASES.get(task, task)
+    if task not in TASK_PARAMS:
+        raise ValidationFailed(f"model_type {name!r} is not a served task; served: {', '.join(SERVED_TASKS)}",
+                               field="model_type")
+    return task
+
 
 def validate_parameters(task: str, params, defaults: dict | None = None) -> dict:
     """Check `params` against `task`; return them with defaults filled in.

@@ -16,6 +16,11 @@ WORKERS_KEY = KEY_PREFIX + "workers"  # hash: worker name -> JSON state
 JOB_KEY_PREFIX = KEY_PREFIX + "job:"  # hash per job: model_id, status, times
 BATCH_STATS_PREFIX = KEY_PREFIX + "batches:"  # hash per model: batch counters
 REPLY_CHANNEL_PREFIX = KEY_PREFIX + "replies:"  # pub/sub channel per webapp process
+MODEL_SOURCES_KEY = KEY_PREFIX + "model_sources"  # hash: model id -> directory serving it (after a switch)
+AUTOLOAD_KEY_PREFIX = KEY_PREFIX + "autoload:"  # lock per model: one on-demand load at a time
+
+# Model states a worker reports in its registry entry.
+LOADING, LOADED, UNLOADING, LOAD_FAILED = "loading", "loaded", "unloading", "error"
 
 # Job states as the API names them.
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (

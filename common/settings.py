@@ -58,6 +58,10 @@ MAX_TIMEOUT_S = 86_400.0
 # broker). Longer than any job may take, or jobs run twice.
 DEFAULT_VISIBILITY_TIMEOUT = 3600
 
+# Models one worker keeps loaded; loading one more unloads the least
+# recently used. Bounded by the device's memory, not by the batcher.
+DEFAULT_MAX_MODELS_PER_WORKER = 4
+
 # Workers refresh their entry in the registry this often; an entry older
 # than three intervals counts as a dead worker.
 DEFAULT_HEARTBEAT_S = 2.0
@@ -89,6 +93,8 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
+    autoload: bool = True
+    max_models_per_worker: int = DEFAULT_MAX_MODELS_PER_WORKER
     admin_token: str = ""
     log_level: str = "INFO"
 
@@ -167,6 +173,15 @@ def _str(name: str, raw: str) -> str:
     return raw
 
 
+def _bool(name: str, raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
 def _path(name: str, raw: str) -> Path:
     return Path(raw).expanduser()
 
@@ -212,6 +227,8 @@ _PARSERS = {
     "max_body_bytes": _int(1024),
     "visibility_timeout": _int(1),
     "heartbeat_s": _float(0.1, 60.0),
+    "autoload": _bool,
+    "max_models_per_worker": _int(1, 1000),
     "admin_token": _str,
     "log_level": _log_level,
 }

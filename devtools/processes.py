@@ -48,6 +48,7 @@ class Worker:
     def __init__(self, name: str, env: dict, log_dir: Path, loglevel: str = "info"):
         self.name = f"{name}@test"
         self.redis_url = env["REDIS_URL"]
+        self.preload = [m.strip() for m in env.get("PRELOAD_MODELS", "").split(",") if m.strip()]
         self.log_path = Path(log_dir) / f"worker-{name}.log"
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
@@ -59,13 +60,18 @@ class Worker:
         return self.log_path.read_text()
 
     def wait_ready(self, timeout: float = 120.0) -> "Worker":
-        client = redis.Redis.from_url(self.redis_url)
+        """Return once the worker runs and serves its PRELOAD_MODELS."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServiceFailed(f"worker {self.name} exited {self.process.returncode}:\n{self.log()[-3000:]}")
-            if client.hget(WORKERS_KEY, self.name) and "ready." in self.log():
-                return self
+            entry = self.entry()
+            if entry and "ready." in self.log():
+                failed = {m: c for m, c in entry.get("changing", {}).items() if c.get("state") == "error"}
+                if failed:
+                    raise ServiceFailed(f"worker {self.name} could not load {failed}")
+                if all(m in entry.get("models", {}) for m in self.preload):
+                    return self
             time.sleep(0.2)
         raise ServiceFailed(f"worker {self.name} not ready in {timeout}s:\n{self.log()[-3000:]}")
 

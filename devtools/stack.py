@@ -41,6 +41,13 @@ def gpu_count() -> int:
         return 0
 
 
+def worker_plan(gpus: int) -> list[tuple[str, str]]:
+    """(worker name prefix, WORKER_DEVICE) per worker: one per visible GPU, else one on the CPU."""
+    if gpus <= 0:
+        return [("cpu", "cpu")]
+    return [(f"cuda{i}", f"cuda:{i}") for i in range(gpus)]
+
+
 class Child:
     """One process of the stack, its output prefixed with its name."""
 
@@ -106,10 +113,9 @@ def main() -> int:
         say(f"demo models in {env['MODEL_DIR']} (built on the first run only)")
         subprocess.run([PYTHON, "-m", "model_store", "build-demo"], env=env, check=True)
 
-        gpus = gpu_count()
-        devices = [f"cuda:{i}" for i in range(gpus)] or ["cpu"]
-        for device in devices:
-            name = device.replace(":", "")
+        plan = worker_plan(gpu_count())
+        devices = [device for _, device in plan]
+        for name, device in plan:
             worker_env = dict(env, WORKER_DEVICE=device)
             if device.startswith("cuda"):
                 worker_env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"

@@ -67,6 +67,11 @@ class FeatureExtractionRunner:
         self._cls = self.tokenizer.cls_token_id
         self._sep = self.tokenizer.sep_token_id
 
+    def memory_bytes(self) -> int:
+        """Bytes held by the model's weights and buffers."""
+        tensors = list(self.model.parameters()) + list(self.model.buffers())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def dummy_encoding(self, length: int) -> Encoding:
         """An encoding of exactly `length` tokens (special tokens included)."""
         ends = [t for t in (self._cls, self._sep) if t is not None]

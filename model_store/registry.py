@@ -12,8 +12,13 @@ from model_store.store import ModelInfo, ModelStore
 
 @dataclass
 class LoadedModel:
-    """A model in memory on this worker, ready to run."""
+    """A model in memory on this worker, ready to run.
 
+    `model_id` is the id clients use; `info` describes the directory its
+    weights came from, which is another one after a switch.
+    """
+
+    model_id: str
     info: ModelInfo
     runner: object
     task: str
@@ -21,7 +26,7 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
 
     @property
-    def model_id(self) -> str:
+    def source(self) -> str:
         return self.info.model_id
 
     @property
@@ -30,7 +35,7 @@ class LoadedModel:
 
 
 class ModelRegistry:
-    """load / unload / get of the models on one device."""
+    """load / replace / unload / get of the models on one device."""
 
     def __init__(self, store: ModelStore, device: str):
         self.store = store
@@ -38,25 +43,35 @@ class ModelRegistry:
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
 
-    def load(self, model_id: str, task: str | None = None) -> LoadedModel:
-        """Load `model_id` from the store (a no-op when it is loaded already)."""
+    def build(self, model_id: str, task: str | None = None, source: str | None = None) -> LoadedModel:
+        """Load weights for `model_id` (from directory `source`, default itself) without registering them."""
         from model_store.loader import load_runner
 
+        info = self.store.describe(source or model_id)
+        runner = load_runner(info, self.device, task)
+        return LoadedModel(model_id=model_id, info=info, runner=runner, task=runner.task, device=self.device)
+
+    def load(self, model_id: str, task: str | None = None, source: str | None = None) -> LoadedModel:
+        """Load and register `model_id` (a no-op when it is loaded already)."""
         with self._lock:
             loaded = self._models.get(model_id)
-            if loaded is not None:
-                return loaded
-        info = self.store.describe(model_id)
-        runner = load_runner(info, self.device, task)
-        loaded = LoadedModel(info=info, runner=runner, task=runner.task, device=self.device)
+        if loaded is not None:
+            return loaded
+        loaded = self.build(model_id, task, source)
         with self._lock:
-            self._models[model_id] = loaded
-        return loaded
+            return self._models.setdefault(model_id, loaded)
 
-    def unload(self, model_id: str) -> bool:
-        """Forget `model_id`; True when it was loaded."""
+    def replace(self, loaded: LoadedModel) -> LoadedModel | None:
+        """Register a new version of a model; return the one it replaces."""
         with self._lock:
-            return self._models.pop(model_id, None) is not None
+            old = self._models.get(loaded.model_id)
+            self._models[loaded.model_id] = loaded
+            return old
+
+    def unload(self, model_id: str) -> LoadedModel | None:
+        """Forget `model_id`; return what was loaded (the caller drops it)."""
+        with self._lock:
+            return self._models.pop(model_id, None)
 
     def get(self, model_id: str) -> LoadedModel:
         """The loaded model; ModelNotLoaded when this worker does not have it."""

@@ -23,7 +23,7 @@ except SettingsError as exc:
 app = Celery("tasks")
 app.config_from_object("celeryconfig")
 
-from tasks import inference  # noqa: E402,F401  (registers tasks.infer)
+from tasks import control, inference  # noqa: E402,F401  (register tasks.infer and the control commands)
 from tasks.serving import ModelServing  # noqa: E402
 
 app.steps["consumer"].add(ModelServing)

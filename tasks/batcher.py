@@ -30,9 +30,11 @@ log = logging.getLogger(__name__)
 class Lane:
     """One loaded model's jobs: received, and encoded items waiting to run."""
 
-    def __init__(self, model):
+    def __init__(self, model, on_ready=None):
         self.model = model
         self.runner = model.runner
+        self.on_ready = on_ready  # called (device thread) once calibrated
+        self.last_used = time.time()
         self.incoming: list[Item] = []  # encoded on the consumer thread; guarded by the condition
         self.waiting: list[Item] = []  # device thread only
         self.in_hand = 0  # jobs received and not finished
@@ -58,6 +60,7 @@ class Batcher:
         self.max_wait_s = settings.max_wait_ms / 1000.0
         self._cond = threading.Condition()
         self._lanes: dict[str, Lane] = {}
+        self._actions: list = []  # model changes, run by the device thread between batches
         self._seq = itertools.count()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="device-batcher", daemon=True)
@@ -66,11 +69,53 @@ class Batcher:
         self._thread.start()
         return self
 
-    def add_model(self, model) -> None:
-        """Serve `model`; the device thread calibrates it before its first batch."""
+    def add_model(self, model, on_ready=None) -> None:
+        """Serve `model`; the device thread calibrates it, then calls `on_ready(model_id)`."""
         with self._cond:
-            self._lanes.setdefault(model.model_id, Lane(model))
+            self._lanes.setdefault(model.model_id, Lane(model, on_ready))
             self._cond.notify()
+
+    def remove_model(self, model_id: str, timeout: float = 300.0) -> list[Job]:
+        """Stop serving `model_id` after the batch in flight.
+
+        Jobs already started are finished first; the jobs not started are
+        returned (the caller gives them back to the queue) and the lane goes.
+        """
+        return self._on_device(lambda: self._remove(model_id), timeout) or []
+
+    def replace_model(self, model, timeout: float = 300.0):
+        """Serve a new version of a model in place of the old one; return the old one.
+
+        The device thread calibrates the new version and swaps it in between
+        two batches: no job fails, the queue keeps being consumed.
+        """
+        return self._on_device(lambda: self._replace(model), timeout)
+
+    def last_used(self) -> dict[str, float]:
+        """When each model last ran a batch (for least-recently-used eviction)."""
+        return {model_id: lane.last_used for model_id, lane in list(self._lanes.items())}
+
+    def _on_device(self, action, timeout: float):
+        """Run `action` on the device thread between batches and return its result."""
+        done = threading.Event()
+        box = {}
+
+        def run():
+            try:
+                box["result"] = action()
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                box["error"] = exc
+            finally:
+                done.set()
+
+        with self._cond:
+            self._actions.append(run)
+            self._cond.notify()
+        if not done.wait(timeout):
+            raise TimeoutError("the device thread did not get to the change in time")
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")
 
     def serves(self, model_id: str) -> bool:
         return model_id in self._lanes
@@ -124,16 +169,19 @@ class Batcher:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and not any(
+                while not self._stopping and not self._actions and not any(
                     lane.incoming or lane.waiting or not lane.calibrated for lane in self._lanes.values()
                 ):
                     self._cond.wait()
                 if self._stopping:
                     return
+                actions, self._actions = self._actions, []
                 for lane in self._lanes.values():
                     if lane.incoming:
                         lane.waiting.extend(lane.incoming)
                         lane.incoming = []
+            for action in actions:
+                action()
             try:
                 for lane in list(self._lanes.values()):
                     if not lane.calibrated:
@@ -158,6 +206,11 @@ class Batcher:
         model's first job; it also warms the kernels up for those shapes.
         """
         lane.calibrated = True
+        self._fit_cost(lane)
+        if lane.on_ready is not None:
+            lane.on_ready(lane.model.model_id)
+
+    def _fit_cost(self, lane: Lane) -> None:
         runner = lane.runner
         limit = getattr(runner, "max_length", 512)
         try:
@@ -194,6 +247,59 @@ class Batcher:
                                for n in (16, 32, 64, 128)},
             }
         return out
+
+    def _remove(self, model_id: str) -> list[Job]:
+        """Device thread: finish the lane's started jobs, return the others, drop the lane."""
+        lane = self._lanes.get(model_id)
+        if lane is None:
+            return []
+        with self._cond:
+            lane.waiting.extend(lane.incoming)
+            lane.incoming = []
+        while True:
+            lane.waiting = [it for it in lane.waiting if not it.job.done]
+            started = [it for it in lane.waiting if it.job.started_at is not None]
+            if not started:
+                break
+            batch = plan_batch(started, self.max_items, self.max_tokens, lane.cost)
+            chosen = set(map(id, batch))
+            lane.waiting = [it for it in lane.waiting if id(it) not in chosen]
+            self._run(lane, batch)
+        unstarted = list(dict.fromkeys(it.job for it in lane.waiting))
+        with self._cond:
+            del self._lanes[model_id]
+            lane.in_hand -= len(unstarted)
+        return unstarted
+
+    def _replace(self, model):
+        """Device thread: calibrate the new version, swap it in, re-encode what waits."""
+        lane = self._lanes.get(model.model_id)
+        if lane is None:
+            return None
+        fresh = Lane(model)
+        self._fit_cost(fresh)
+        with self._cond:
+            old = lane.model
+            lane.model, lane.runner, lane.cost = model, model.runner, fresh.cost
+            lane.waiting.extend(lane.incoming)
+            lane.incoming = []
+        # Items not yet run were tokenized for the old version: redo them.
+        redo = [job for job in dict.fromkeys(it.job for it in lane.waiting) if job.started_at is None]
+        keep = [it for it in lane.waiting if it.job.started_at is not None]
+        failed = []
+        for job in redo:
+            try:
+                encodings = lane.runner.encode(job.inputs, job.params)
+            except Exception as exc:  # noqa: BLE001 - the new version refuses this input
+                job.fail(exc if isinstance(exc, ServiceError) else InferenceFailed(str(exc)))
+                failed.append(job)
+                continue
+            keep += [Item(job, i, enc, enc.length, job.params_key, next(self._seq)) for i, enc in enumerate(encodings)]
+        keep.sort(key=lambda it: (it.job.received_at, it.index))
+        lane.waiting = keep
+        if failed:
+            self._finish(lane, failed)
+        return old
 
     def _next_lane(self) -> Lane | None:
         """The lane whose oldest waiting item is oldest: no model starves another."""
@@ -261,6 +367,7 @@ class Batcher:
         started = time.perf_counter()
         passes = run_isolating(batch, run, on_outputs, on_error)
         elapsed = time.perf_counter() - started
+        lane.last_used = time.time()
         if passes == 1:
             lane.cost.observe(len(batch), longest, elapsed)
         for job in jobs:

@@ -27,12 +27,17 @@ class Heartbeat:
         self.interval = interval
         self._state = state  # callable -> dict
         self._stop = threading.Event()
+        self._poke = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
     def start(self) -> "Heartbeat":
         self.beat()
         self._thread.start()
         return self
+
+    def poke(self) -> None:
+        """Write the entry soon (a model's state changed), from any thread."""
+        self._poke.set()
 
     def beat(self) -> None:
         """Write the entry now (also after a model is loaded or unloaded)."""
@@ -45,6 +50,7 @@ class Heartbeat:
     def stop(self) -> None:
         """Stop beating and remove the entry: the webapp sees the worker gone at once."""
         self._stop.set()
+        self._poke.set()
         self._thread.join(self.interval + 1)
         try:
             self._redis.hdel(WORKERS_KEY, self.name)
@@ -52,5 +58,8 @@ class Heartbeat:
             pass
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.beat()
+        while not self._stop.is_set():
+            self._poke.wait(self.interval)
+            self._poke.clear()
+            if not self._stop.is_set():
+                self.beat()

@@ -1,8 +1,9 @@
-"""The worker's serving bootstep: models, batchers, queues, heartbeat.
+"""The worker's serving bootstep: models, batcher, queues, heartbeat.
 
-At start it loads PRELOAD_MODELS on the worker's device, starts one
-batcher per model, and only then consumes `infer.<model_id>` for each, so
-a job is never taken by a worker that cannot run it yet.
+At start it asks the model manager for PRELOAD_MODELS (and the models of
+any `-Q infer.<model_id>` given on the command line); each model's queue is
+consumed only once the model is loaded and calibrated on the worker's
+device, so a job is never taken by a worker that cannot run it yet.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import time
 
 from celery import bootsteps
 
-from common.errors import ServiceError
-from common.protocol import model_for_queue, queue_for
+from common.errors import ModelNotFound, ServiceError
+from common.protocol import LOADED, model_for_queue, queue_for
 from common.settings import get_settings
 from model_store.devices import detect_device
 from model_store.registry import ModelRegistry
@@ -22,6 +23,7 @@ from model_store.store import ModelStore
 from tasks.batcher import Batcher
 from tasks.heartbeat import Heartbeat
 from tasks.jobs import Job
+from tasks.management import ModelManager, rss_bytes
 from tasks.reporting import Reporter
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ class ModelServing(bootsteps.StartStopStep):
         self.reporter: Reporter | None = None
         self.heartbeat: Heartbeat | None = None
         self.batcher: Batcher | None = None
+        self.manager: ModelManager | None = None
         self.device = None
         self.started_at = time.time()
 
@@ -50,24 +53,31 @@ class ModelServing(bootsteps.StartStopStep):
             self.registry = ModelRegistry(ModelStore(self.settings.model_dir), self.device)
             self.reporter = Reporter(self.settings, c)
             self.batcher = Batcher(self.settings, self.reporter).start()
-            # `-Q infer.<model_id>` on the command line asks for that model too.
-            named = [model_for_queue(q.name) for q in c.task_consumer.queues]
-            wanted = list(self.settings.preload_models) + [m for m in named if m and q_is_model(m, c)]
-            for model_id in dict.fromkeys(wanted):
-                self.load(model_id)
+            self.manager = ModelManager(self).start()
             self.heartbeat = Heartbeat(self.settings.redis_url, c.hostname, self.settings.heartbeat_s,
                                        self.state).start()
-            log.info("worker %s serves %s on %s", c.hostname, ", ".join(self.batcher.models()) or "no model",
-                     self.device)
+            # `-Q infer.<model_id>` on the command line asks for that model too;
+            # its queue is consumed once the model is ready, like any other.
+            named = [model_for_queue(q.name) for q in c.task_consumer.queues]
+            wanted = list(self.settings.preload_models) + [m for m in named if m and q_is_model(m, c)]
+            for q in list(c.task_consumer.queues):
+                if model_for_queue(q.name):
+                    c.cancel_task_queue(q.name)
+            for model_id in dict.fromkeys(wanted):
+                reply = self.manager.request_load(model_id)
+                if "error" in reply:
+                    raise ModelNotFound(reply["error"])
+            log.info("worker %s on %s: loading %s", c.hostname, self.device, ", ".join(wanted) or "no model")
         # Nothing is ever sent to the default queue; consume model queues only.
         if c.task_consumer.consuming_from(c.app.conf.task_default_queue):
             c.cancel_task_queue(c.app.conf.task_default_queue)
-        for model_id in self.batcher.models():
-            c.add_task_queue(queue_for(model_id))
+        for model_id in self.batcher.models():  # after a reconnection
+            if self.manager.state_of(model_id) == LOADED:
+                c.add_task_queue(queue_for(model_id))
 
-    def load(self, model_id: str, task: str | None = None) -> None:
-        """Load a model and give it a lane in the batcher (the caller adds its queue)."""
-        self.batcher.add_model(self.registry.load(model_id, task))
+    def heartbeat_poke(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.poke()
 
     def submit(self, job: Job) -> None:
         """Hand a received job to its model's batcher (consumer thread)."""
@@ -82,16 +92,27 @@ class ModelServing(bootsteps.StartStopStep):
         self.reporter.finish(job.model_id, [job])
 
     def state(self) -> dict:
-        """This worker's registry entry (see tasks.heartbeat)."""
+        """This worker's registry entry (see tasks.heartbeat).
+
+        `models` lists only the models whose queue this worker consumes;
+        `changing` the ones being loaded, unloaded or that failed to load.
+        """
+        changing = dict(self.manager.states)
+        serving = [m for m in self.registry.loaded().values()
+                   if self.batcher.serves(m.model_id)
+                   and changing.get(m.model_id, {}).get("state", LOADED) == LOADED]
         return {
             "device": self.device,
             "pid": os.getpid(),
             "started_at": self.started_at,
             "models": {
-                m.model_id: {"task": m.task, "fingerprint": m.fingerprint, "loaded_at": m.loaded_at}
-                for m in self.registry.loaded().values()
+                m.model_id: {"task": m.task, "fingerprint": m.fingerprint, "source": m.source,
+                             "loaded_at": m.loaded_at}
+                for m in serving
             },
-            "queues": [queue_for(model_id) for model_id in self.batcher.models()],
+            "changing": changing,
+            "memory": {"rss": rss_bytes(), "models": dict(self.manager.memory)},
+            "queues": [queue_for(m.model_id) for m in serving],
             "active": self.batcher.active(),
             "max_batch_size": self.settings.max_batch_size,
             "max_batch_tokens": self.settings.max_batch_tokens,
@@ -100,6 +121,8 @@ class ModelServing(bootsteps.StartStopStep):
 
     def shutdown(self, c):
         """Finish the batches in flight, send their acks, leave the registry."""
+        if self.manager is not None:
+            self.manager.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()
         if self.batcher is not None:

@@ -34,6 +34,9 @@ def error_response(error: ServiceError):
     retry_after = error.details.get("retry_after")
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)
+    challenge = error.details.get("www_authenticate")
+    if challenge is not None:
+        response.headers["WWW-Authenticate"] = challenge
     return response
 
 

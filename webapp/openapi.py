@@ -20,6 +20,25 @@ def _json(schema: dict, description: str, headers: dict | None = None) -> dict:
 
 
 _LOCATION = {"Location": {"schema": {"type": "string"}, "description": "URL of the job"}}
+_ADMIN = {"401": _error("ADMIN_TOKEN is set and the bearer token is missing or wrong"),
+          "404": _error("the model is not in the store"),
+          "422": _error("bad body: model_id, model_type, workers or wait"),
+          "503": _error("no worker is alive, or the broker is down")}
+_WORKER_STATES = {"type": "object", "properties": {
+    "model_id": {"type": "string"},
+    "workers": {"type": "object", "additionalProperties": {"type": "string"},
+                "description": "worker name -> loaded | loading | unloaded | switched | error: <why> | gone"}}}
+
+
+def _admin_body(required: list[str], extra: dict) -> dict:
+    props = {"model_id": {"type": "string"},
+             "workers": {"type": "array", "items": {"type": "string"},
+                         "description": "worker names; default: every live worker"},
+             "wait": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 120,
+                      "description": "seconds to wait for the workers to finish"}}
+    props.update(extra)
+    return {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": required, "additionalProperties": False, "properties": props}}}}
 
 
 def build_openapi(settings: Settings) -> dict:
@@ -131,6 +150,20 @@ def build_openapi(settings: Settings) -> dict:
             },
             "/models": {"get": {"summary": "Every model in the store and where it is loaded",
                                 "responses": {"200": _json({"type": "object"}, "the models")}}},
+            "/models/load": {"post": {
+                "summary": "Load a model on live workers (celery control load_model)",
+                "requestBody": _admin_body(["model_id"], {"model_type": {
+                    "type": "string", "description": "pipeline task, e.g. feature-extraction or feature_extraction; "
+                                                     "default: from the model's config"}}),
+                "responses": {"200": _json(_WORKER_STATES, "each worker's state"), **_ADMIN}}},
+            "/models/unload": {"post": {
+                "summary": "Unload a model and free its memory (celery control unload_model)",
+                "requestBody": _admin_body(["model_id"], {}),
+                "responses": {"200": _json(_WORKER_STATES, "each worker's state"), **_ADMIN}}},
+            "/models/switch": {"post": {
+                "summary": "Serve model_id from another model directory (a new version), no failed request",
+                "requestBody": _admin_body(["model_id", "source"], {"source": {"type": "string"}}),
+                "responses": {"200": _json(_WORKER_STATES, "each worker's state"), **_ADMIN}}},
             "/workers": {"get": {"summary": "Live workers",
                                  "responses": {"200": _json({"type": "array"}, "the workers")}}},
             "/health": {"get": {"summary": "Readiness of broker, result store and workers",

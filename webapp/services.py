@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from cachetools import TTLCache
 from flask import Flask, current_app
 
+from common import protocol
 from common.errors import ModelNotFound, ModelNotLoaded, NoWorkers
 from common.settings import Settings
 from model_store.store import ModelInfo, ModelStore
 from webapp.jobs import JobService
+from webapp.management import ModelAdmin
 from webapp.workers import WorkerDirectory
 
 # How long the webapp trusts what it read of a model directory. A rebuilt
@@ -20,19 +22,28 @@ CATALOG_TTL_S = 5.0
 
 
 class ModelCatalog:
-    """The model store, read through a short cache (the hot path asks per request)."""
+    """The model store, read through a short cache (the hot path asks per request).
 
-    def __init__(self, store: ModelStore):
+    A model id that was switched is described by the directory serving it.
+    """
+
+    def __init__(self, store: ModelStore, source_of=lambda model_id: model_id):
         self.store = store
+        self._source_of = source_of
         self._cache: TTLCache = TTLCache(maxsize=4096, ttl=CATALOG_TTL_S)
         self._lock = threading.Lock()
+
+    def forget(self, model_id: str) -> None:
+        with self._lock:
+            self._cache.pop(model_id, None)
 
     def describe(self, model_id: str) -> ModelInfo:
         """The model's metadata; ModelNotFound when it is not a loadable model."""
         with self._lock:
             info = self._cache.get(model_id)
         if info is None:
-            info = self.store.describe(model_id)
+            self.store.path_for(model_id)  # the id itself must be in the store
+            info = self.store.describe(self._source_of(model_id))
             with self._lock:
                 self._cache[model_id] = info
         if not info.complete:
@@ -46,28 +57,42 @@ class Services:
     jobs: JobService
     workers: WorkerDirectory
     catalog: ModelCatalog
+    admin: ModelAdmin
 
-    def require_worker_for(self, model_id: str) -> list[dict]:
-        """Live workers serving `model_id`; 503 with the reason when none."""
-        serving = self.workers.serving(model_id)
-        if serving:
-            return serving
-        if not self.workers.live():
+    def require_worker_for(self, model_id: str) -> None:
+        """Return when a live worker serves (or is loading) `model_id`; 503 with the reason when none.
+
+        With AUTOLOAD on, a model no worker has loaded is loaded on the
+        least busy live worker, and the request waits for it like any job.
+        """
+        if self.workers.serving(model_id):
+            return
+        live = self.workers.live()
+        if not live:
             raise NoWorkers("no worker is running; start one with `celery -A tasks worker`")
+        loading = [w for w in live
+                   if w.get("changing", {}).get(model_id, {}).get("state") == protocol.LOADING]
+        if loading:
+            return
+        if self.settings.autoload:
+            self.admin.autoload(model_id, live)
+            return
         raise ModelNotLoaded(
             f"model {model_id!r} is in the store but no worker has it loaded "
-            f"(start a worker with PRELOAD_MODELS={model_id})"
+            f"(AUTOLOAD is off: POST /models/load, or start a worker with PRELOAD_MODELS={model_id})"
         )
 
 
 def init_app(app: Flask, settings: Settings) -> None:
     jobs = app.config.get("JOB_SERVICE") or JobService(settings)
     workers = app.config.get("WORKER_DIRECTORY") or WorkerDirectory(jobs.redis, settings.heartbeat_s)
+    admin = ModelAdmin(settings, jobs.redis, workers)
     app.extensions["atf"] = Services(
         settings=settings,
         jobs=jobs,
         workers=workers,
-        catalog=ModelCatalog(ModelStore(settings.model_dir)),
+        catalog=ModelCatalog(ModelStore(settings.model_dir), admin.source_of),
+        admin=admin,
     )
 
 

@@ -43,9 +43,28 @@ def model_dir(tmp_path_factory):
     out = subprocess.run([PYTHON, "-m", "model_store", "build-demo", "minilm"], cwd=ROOT, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    (root / "minilm-b").symlink_to(root / "minilm", target_is_directory=True)
+    for alias in ("minilm-b", "minilm-c"):  # more ids for the same files, for tests that need their own
+        (root / alias).symlink_to(root / "minilm", target_is_directory=True)
     build_poisoned_model(root / "minilm", root / "tiny-poison")
+    build_second_version(root / "minilm", root / "minilm-v2")
     return root
+
+
+def build_second_version(source: Path, target: Path) -> None:
+    """`minilm-v2`: minilm with its last layer's output weights scaled, a new version to switch to."""
+    import shutil
+
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(source)
+    with torch.no_grad():
+        model.encoder.layer[-1].output.dense.weight.mul_(1.5)
+    model.save_pretrained(target)
+    for path in source.iterdir():
+        if path.is_file() and not (target / path.name).exists():
+            shutil.copy(path, target / path.name)
+    shutil.copytree(source / "1_Pooling", target / "1_Pooling")
 
 
 def build_poisoned_model(tokenizer_from: Path, target: Path) -> None:

@@ -110,12 +110,6 @@ def test_bad_requests_break_nothing(api, reference):
     assert close(body["result"], reference([SENTENCES[2]])[0])
 
 
-def test_model_without_a_worker_is_503(api):
-    """minilm-b is in the store, but no worker has it loaded."""
-    response = api.post("/predict", json={"model_id": "minilm-b", "inputs": "x"})
-    assert response.status_code == 503 and response.json()["error"]["type"] == "model_not_loaded"
-
-
 def test_models_and_workers(api, worker):
     models = {m["model_id"]: m for m in api.get("/models").json()["models"]}
     assert models["minilm"]["task"] == "feature-extraction"

@@ -80,8 +80,8 @@ def test_no_worker_is_503(model_dir):
     assert_error(client.post("/predict", json={"model_id": "minilm", "inputs": "x"}), 503, "no_workers")
 
 
-def test_model_not_loaded_is_503(model_dir):
-    client = make_client(model_dir, workers=[{"name": "w", "models": {"other": {}}}])
+def test_model_not_loaded_is_503_with_autoload_off(model_dir):
+    client = make_client(model_dir, workers=[{"name": "w", "models": {"other": {}}}], autoload=False)
     assert_error(client.post("/predict", json={"model_id": "minilm", "inputs": "x"}), 503, "model_not_loaded")
 
 
@@ -96,10 +96,35 @@ def test_unreachable_redis_is_503_not_500(model_dir):
     assert "unreachable" in health.get_json()["message"]
 
 
+def test_admin_endpoints_need_the_token(model_dir):
+    """With ADMIN_TOKEN set, /models/* answer 401 without the bearer token, before doing anything."""
+    client = make_client(model_dir, workers=[], admin_token="s3cret")
+    for path in ("/models/load", "/models/unload", "/models/switch"):
+        response = client.post(path, json={"model_id": "minilm", "source": "minilm"})
+        assert_error(response, 401, "unauthorized")
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        wrong = client.post(path, json={"model_id": "minilm"}, headers={"Authorization": "Bearer nope"})
+        assert_error(wrong, 401, "unauthorized")
+    ok = client.post("/models/load", json={"model_id": "minilm"}, headers={"Authorization": "Bearer s3cret"})
+    assert_error(ok, 503, "no_workers")  # past the check: no worker is alive in this test
+
+
+def test_admin_bodies_are_validated(model_dir):
+    client = make_client(model_dir, workers=[])
+    assert_error(client.post("/models/load", json={}), 422, "validation_error")
+    assert_error(client.post("/models/load", json={"model_id": "minilm", "model_type": "image-to-text"}),
+                 422, "validation_error")
+    assert_error(client.post("/models/load", json={"model_id": "ghost"}), 404, "model_not_found")
+    assert_error(client.post("/models/switch", json={"model_id": "minilm"}), 422, "validation_error")
+    assert_error(client.post("/models/unload", json={"model_id": "minilm", "workers": "w"}), 422,
+                 "validation_error")
+
+
 def test_openapi_documents_every_endpoint(model_dir):
     doc = make_client(model_dir).get("/openapi.json").get_json()
     assert doc["openapi"].startswith("3.")
-    for path in ("/predict", "/jobs", "/jobs/{job_id}", "/models", "/workers", "/health", "/metrics"):
+    for path in ("/predict", "/jobs", "/jobs/{job_id}", "/models", "/models/load", "/models/unload",
+                 "/models/switch", "/workers", "/health", "/metrics"):
         assert path in doc["paths"], path
 
 

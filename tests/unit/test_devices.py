@@ -20,3 +20,10 @@ def test_resolve(setting, available, count, expected):
 def test_missing_gpu_is_an_error_not_a_cpu_fallback(setting, available, count):
     with pytest.raises(ValueError, match="CUDA device"):
         resolve_device(setting, available, count)
+
+
+def test_run_command_starts_one_worker_per_gpu_named_after_it():
+    from devtools.stack import worker_plan
+
+    assert worker_plan(0) == [("cpu", "cpu")]
+    assert worker_plan(2) == [("cuda0", "cuda:0"), ("cuda1", "cuda:1")]

@@ -3,7 +3,7 @@
 import pytest
 
 from common.errors import ValidationFailed
-from common.params import validate_parameters
+from common.params import normalize_task, validate_parameters
 
 
 def test_defaults_and_model_defaults():
@@ -27,6 +27,21 @@ def test_bad_parameters_are_named(params, name):
     with pytest.raises(ValidationFailed) as info:
         validate_parameters("feature-extraction", params)
     assert info.value.details["field"] == name
+
+
+@pytest.mark.parametrize("given, task", [
+    ("feature-extraction", "feature-extraction"),
+    ("feature_extraction", "feature-extraction"),
+    ("FEATURE_EXTRACTION", "feature-extraction"),
+    (None, None),
+])
+def test_model_type_accepts_task_names_and_underscore_forms(given, task):
+    assert normalize_task(given) == task
+
+
+def test_unknown_model_type():
+    with pytest.raises(ValidationFailed, match="model_type"):
+        normalize_task("image_segmentation")
 
 
 def test_unknown_task():

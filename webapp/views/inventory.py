@@ -14,9 +14,13 @@ def list_models():
     """Every model in the store, with the live workers it is loaded on."""
     svc = services()
     loaded_on: dict[str, list[str]] = {}
+    changing: dict[str, dict[str, str]] = {}
     for worker in svc.workers.live():
         for model_id in worker.get("models", {}):
             loaded_on.setdefault(model_id, []).append(worker["name"])
+        for model_id, change in worker.get("changing", {}).items():
+            changing.setdefault(model_id, {})[worker["name"]] = change.get("state")
+    sources = svc.admin.sources()
     models = []
     for info in svc.catalog.store.list():
         entry = {
@@ -26,6 +30,10 @@ def list_models():
             "size_bytes": info.size_bytes,
             "complete": info.complete,
         }
+        if info.model_id in sources:
+            entry["source"] = sources[info.model_id]
+        if info.model_id in changing:
+            entry["changing_on"] = changing[info.model_id]
         if info.problem:
             entry["problem"] = info.problem
         models.append(entry)
@@ -42,6 +50,8 @@ def list_workers():
             "models": sorted(w.get("models", {})),
             "queues": w.get("queues", []),
             "active": w.get("active", 0),
+            "changing": w.get("changing", {}),
+            "memory": w.get("memory", {}),
         }
         for w in services().workers.live()
     ])

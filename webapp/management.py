@@ -1,0 +1,187 @@
+"""Model management from the webapp: the same Celery control commands as the CLI.
+
+The webapp broadcasts `load_model`, `unload_model` and `switch_model` to
+the workers, then follows their registry entries until each says the model
+is loaded, gone or switched (or the wait runs out), and answers with every
+worker's state.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import redis
+from cachetools import TTLCache
+
+from common import protocol
+from common.errors import BrokerUnavailable, NoWorkers, ValidationFailed
+from common.settings import Settings
+from webapp.publisher import make_celery_client
+from webapp.workers import WorkerDirectory
+
+# A broadcast collects the workers' immediate replies for this long.
+REPLY_TIMEOUT_S = 2.0
+POLL_S = 0.2
+# One on-demand load per model at a time. Once a worker reports the model
+# loading, the registry keeps others from asking again; the lock only
+# covers the moment before that.
+AUTOLOAD_LOCK_S = 15
+SOURCES_TTL_S = 2.0
+
+
+class ModelAdmin:
+    """Loads, unloads and switches models on live workers."""
+
+    def __init__(self, settings: Settings, client: redis.Redis, workers: WorkerDirectory):
+        self.settings = settings
+        self._redis = client
+        self._workers = workers
+        self._celery = None
+        self._lock = threading.Lock()
+        self._sources: TTLCache = TTLCache(maxsize=1, ttl=SOURCES_TTL_S)
+
+    @property
+    def control(self):
+        with self._lock:
+            if self._celery is None:
+                self._celery = make_celery_client(self.settings)
+            return self._celery.control
+
+    # -- which directory serves a model id --------------------------------
+
+    def sources(self) -> dict[str, str]:
+        """model id -> the directory a switch made serve it (cached briefly)."""
+        cached = self._sources.get("all")
+        if cached is None:
+            try:
+                raw = self._redis.hgetall(protocol.MODEL_SOURCES_KEY)
+            except (redis.RedisError, OSError):
+                raw = {}
+            cached = {k.decode(): v.decode() for k, v in raw.items()}
+            self._sources["all"] = cached
+        return cached
+
+    def source_of(self, model_id: str) -> str:
+        return self.sources().get(model_id, model_id)
+
+    def set_source(self, model_id: str, source: str) -> None:
+        try:
+            if source == model_id:
+                self._redis.hdel(protocol.MODEL_SOURCES_KEY, model_id)
+            else:
+                self._redis.hset(protocol.MODEL_SOURCES_KEY, model_id, source)
+        except (redis.RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"cannot record the switch in Redis: {exc}") from None
+        self._sources.clear()
+
+    # -- commands ---------------------------------------------------------
+
+    def load(self, model_id: str, task: str | None, names: list[str] | None, wait: float) -> dict:
+        targets = self._targets(names)
+        replies = self._broadcast("load_model", {"model_id": model_id, "model_type": task}, targets)
+
+        def state(entry):
+            if model_id in entry.get("models", {}):
+                return protocol.LOADED
+            change = entry.get("changing", {}).get(model_id, {})
+            if change.get("state") == protocol.LOAD_FAILED:
+                return f"error: {change.get('error')}"
+            return change.get("state", protocol.LOADING)
+
+        return self._follow(targets, replies, state, lambda s: s == protocol.LOADED or s.startswith("error"), wait)
+
+    def unload(self, model_id: str, names: list[str] | None, wait: float) -> dict:
+        targets = self._targets(names)
+        try:
+            self._redis.delete(protocol.AUTOLOAD_KEY_PREFIX + model_id)  # a later request may load it again
+        except (redis.RedisError, OSError):
+            pass
+        replies = self._broadcast("unload_model", {"model_id": model_id}, targets)
+
+        def state(entry):
+            if model_id in entry.get("models", {}):
+                return protocol.LOADED
+            return entry.get("changing", {}).get(model_id, {}).get("state", "unloaded")
+
+        return self._follow(targets, replies, state, lambda s: s == "unloaded", wait)
+
+    def switch(self, model_id: str, source: str, fingerprint: str, wait: float) -> dict:
+        """Serve `model_id` from `source` everywhere; follows the workers that have it loaded."""
+        self.set_source(model_id, source)
+        live = self._workers.live(fresh=True)
+        if not live:
+            return {}
+        targets = [w["name"] for w in live if model_id in w.get("models", {})]
+        if not targets:
+            return {}
+        replies = self._broadcast("switch_model", {"model_id": model_id, "source": source}, targets)
+
+        def state(entry):
+            model = entry.get("models", {}).get(model_id)
+            if model is None:
+                return "unloaded"
+            if model.get("fingerprint") == fingerprint:
+                return "switched"
+            error = entry.get("changing", {}).get(model_id, {}).get("error")
+            return f"error: {error}" if error else "switching"
+
+        return self._follow(targets, replies, state, lambda s: s != "switching", wait)
+
+    def autoload(self, model_id: str, live: list[dict]) -> bool:
+        """Load `model_id` on the least busy live worker, once; True if a load was asked for."""
+        try:
+            acquired = self._redis.set(protocol.AUTOLOAD_KEY_PREFIX + model_id, "1", nx=True, ex=AUTOLOAD_LOCK_S)
+        except (redis.RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"cannot reach Redis: {exc}") from None
+        if not acquired:
+            return False
+        worker = min(live, key=lambda w: (len(w.get("models", {})), w.get("active", 0), w["name"]))
+        self.control.broadcast("load_model", arguments={"model_id": model_id, "model_type": None},
+                               destination=[worker["name"]], reply=False)
+        return True
+
+    # -- helpers ----------------------------------------------------------
+
+    def _targets(self, names: list[str] | None) -> list[str]:
+        live = [w["name"] for w in self._workers.live(fresh=True)]
+        if not live:
+            raise NoWorkers("no worker is running; start one with `celery -A tasks worker`")
+        if not names:
+            return live
+        unknown = sorted(set(names) - set(live))
+        if unknown:
+            raise ValidationFailed(f"no live worker named {', '.join(unknown)}; live: {', '.join(live)}",
+                                   field="workers")
+        return list(dict.fromkeys(names))
+
+    def _broadcast(self, command: str, arguments: dict, targets: list[str]) -> dict:
+        try:
+            replies = self.control.broadcast(command, arguments=arguments, destination=targets, reply=True,
+                                             timeout=REPLY_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - kombu raises many kinds when the broker is down
+            raise BrokerUnavailable(f"cannot reach the workers: {exc}") from None
+        out = {}
+        for reply in replies or []:
+            out.update(reply)
+        return out
+
+    def _follow(self, targets, replies, state, finished, wait: float) -> dict:
+        """Each target's state, polled from the registry until all are finished or `wait` runs out."""
+        deadline = time.monotonic() + wait
+        states = {}
+        while True:
+            entries = {w["name"]: w for w in self._workers.live(fresh=True)}
+            for name in targets:
+                reply = replies.get(name, {})
+                if "error" in reply:
+                    states[name] = f"error: {reply['error']}"
+                elif name not in entries:
+                    states[name] = "gone"
+                else:
+                    states[name] = state(entries[name])
+            if all(finished(s) or s.startswith("error") or s == "gone" for s in states.values()):
+                return states
+            if time.monotonic() >= deadline:
+                return states
+            time.sleep(POLL_S)
