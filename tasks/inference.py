@@ -13,7 +13,7 @@ import threading
 from common.params import validate_parameters
 from common.protocol import INFER_TASK
 from common.settings import get_settings
-from model_store.store import ModelStore
+from model_store.store import ModelStore, default_parameters
 from tasks import app
 
 _local = threading.local()
@@ -39,8 +39,8 @@ def infer(model_id, inputs, parameters=None, is_list=None):
     loaded = registry.load(model_id)
     single = not isinstance(inputs, list) if is_list is None else not is_list
     items = [inputs] if not isinstance(inputs, list) else inputs
-    defaults = {"pooling": loaded.info.pooling} if loaded.task == "feature-extraction" else None
-    params = validate_parameters(loaded.task, parameters, defaults)
+    params = validate_parameters(loaded.task, parameters, default_parameters(loaded.info, loaded.task),
+                                 settings.max_new_tokens)
     encodings = loaded.runner.encode(items, params)
     outputs = []
     for start in range(0, len(encodings), settings.max_batch_size):

@@ -6,6 +6,9 @@ from common.params import TASK_PARAMS
 from common.settings import MAX_TIMEOUT_S, MAX_WAIT_S, Settings
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+_PARAM_SCHEMA = {"bool": {"type": "boolean"}, "int": {"type": "integer"}, "float": {"type": "number"},
+                 "enum": {"type": "string"}, "str": {"type": "string"},
+                 "labels": {"type": "array", "items": {"type": "string"}}}
 
 
 def _error(description: str) -> dict:
@@ -45,14 +48,17 @@ def build_openapi(settings: Settings) -> dict:
     """The document, with the limits of this deployment filled in."""
     params = {
         task: {
-            p.name: {"type": {"bool": "boolean", "int": "integer", "float": "number", "enum": "string"}[p.kind],
+            p.name: {**_PARAM_SCHEMA[p.kind],
                      **({"enum": list(p.choices)} if p.choices else {}),
                      "description": p.doc}
             for p in spec
         }
         for task, spec in TASK_PARAMS.items()
     }
-    item = {"type": "string", "minLength": 1, "maxLength": settings.max_input_chars}
+    text = {"type": "string", "minLength": 1, "maxLength": settings.max_input_chars}
+    item = {"oneOf": [text, {"type": "object", "required": ["question", "context"], "additionalProperties": False,
+                             "properties": {"question": text, "context": text},
+                             "description": "question-answering"}]}
     predict_body = {
         "type": "object",
         "required": ["model_id"],

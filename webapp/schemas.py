@@ -83,8 +83,10 @@ def _parse_inputs(value, field: str, settings: Settings) -> tuple[tuple, bool]:
 
 
 def _check_item(value, where: str, settings: Settings):
+    if isinstance(value, dict):
+        return value  # question answering; checked against the model's task (common.params.validate_item)
     if not isinstance(value, str):
-        raise ValidationFailed(f"{where} must be a string", field=where)
+        raise ValidationFailed(f"{where} must be a string (or, for question answering, an object)", field=where)
     if not value.strip():
         raise ValidationFailed(f"{where} is empty", field=where)
     if len(value) > settings.max_input_chars:

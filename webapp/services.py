@@ -9,7 +9,7 @@ from cachetools import TTLCache
 from flask import Flask, current_app
 
 from common import protocol
-from common.errors import ModelNotFound, ModelNotLoaded, NoWorkers
+from common.errors import BrokerUnavailable, ModelNotFound, ModelNotLoaded, NoWorkers, ValidationFailed
 from common.settings import Settings
 from model_store.store import ModelInfo, ModelStore
 from webapp.jobs import JobService
@@ -58,6 +58,21 @@ class Services:
     workers: WorkerDirectory
     catalog: ModelCatalog
     admin: ModelAdmin
+
+    def task_of(self, model_id: str, info: ModelInfo) -> str:
+        """The task a model is served as: what its workers loaded it as, else what its config says."""
+        try:
+            serving = self.workers.serving(model_id)
+        except BrokerUnavailable:
+            serving = []  # the request will be refused for that a moment later
+        for worker in serving:
+            task = worker["models"][model_id].get("task")
+            if task:
+                return task
+        if info.task is None:
+            raise ValidationFailed(f"the task of model {model_id!r} is not known from its config; "
+                                   "load it with POST /models/load and a model_type", field="model_id")
+        return info.task
 
     def require_worker_for(self, model_id: str) -> None:
         """Return when a live worker serves (or is loading) `model_id`; 503 with the reason when none.

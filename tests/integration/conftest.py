@@ -37,12 +37,13 @@ def redis_url():
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
-    """The demo model built by the real CLI, plus `minilm-b`, a second id for the same files."""
+    """The demo models built by the real CLI, plus test-only models and ids (see below)."""
     root = tmp_path_factory.mktemp("models")
     env = dict(os.environ, MODEL_DIR=str(root), PYTHONPATH=str(ROOT))
-    out = subprocess.run([PYTHON, "-m", "model_store", "build-demo", "minilm"], cwd=ROOT, env=env,
+    out = subprocess.run([PYTHON, "-m", "model_store", "build-demo"], cwd=ROOT, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+    (root.parent / "build-demo.log").write_text(out.stdout)
     for alias in ("minilm-b", "minilm-c"):  # more ids for the same files, for tests that need their own
         (root / alias).symlink_to(root / "minilm", target_is_directory=True)
     build_poisoned_model(root / "minilm", root / "tiny-poison")

@@ -47,3 +47,35 @@ def test_unknown_model_type():
 def test_unknown_task():
     with pytest.raises(ValidationFailed, match="not served"):
         validate_parameters("image-segmentation", {})
+
+
+@pytest.mark.parametrize("task, item, field", [
+    ("question-answering", "a string", "inputs"),
+    ("question-answering", {"question": "q"}, "inputs"),
+    ("question-answering", {"question": "q", "context": ""}, "inputs.context"),
+    ("question-answering", {"question": 1, "context": "c"}, "inputs.question"),
+    ("fill-mask", "no mask here", "inputs"),
+    ("text-classification", {"question": "q", "context": "c"}, "inputs"),
+    ("text-generation", "", "inputs"),
+])
+def test_items_of_the_wrong_kind_are_named(task, item, field):
+    from common.params import validate_item
+
+    with pytest.raises(ValidationFailed) as info:
+        validate_item(task, item, "inputs", max_chars=100, mask_token="[MASK]")
+    assert info.value.details["field"] == field
+
+
+def test_max_new_tokens_is_bounded_by_the_setting():
+    ok = validate_parameters("text-generation", {"max_new_tokens": 64}, max_new_tokens=64)
+    assert ok["max_new_tokens"] == 64
+    with pytest.raises(ValidationFailed, match="at most 64"):
+        validate_parameters("text-generation", {"max_new_tokens": 65}, max_new_tokens=64)
+    assert validate_parameters("text-generation", {}, max_new_tokens=8)["max_new_tokens"] == 8
+
+
+def test_zero_shot_needs_labels_and_takes_them_comma_separated():
+    out = validate_parameters("zero-shot-classification", {"candidate_labels": "a, b"})
+    assert out["candidate_labels"] == ["a", "b"]
+    with pytest.raises(ValidationFailed, match="required"):
+        validate_parameters("zero-shot-classification", {})

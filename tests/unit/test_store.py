@@ -63,3 +63,26 @@ def test_fingerprint_changes_with_the_weights(tmp_path):
     before = store.describe("m").fingerprint
     (d / "model.safetensors").write_bytes(b"\1" * 17)
     assert store.describe("m").fingerprint != before
+
+
+def test_nli_and_task_specific_configs():
+    assert task_from_config({"architectures": ["BertForSequenceClassification"],
+                             "id2label": {"0": "ENTAILMENT", "1": "CONTRADICTION"}}) == "zero-shot-classification"
+    assert task_from_config({"architectures": ["BartForConditionalGeneration"],
+                             "task_specific_params": {"summarization": {}}}) == "summarization"
+    assert task_from_config({"architectures": ["T5ForConditionalGeneration"],
+                             "task_specific_params": {"translation_en_to_de": {}, "translation_en_to_fr": {}}}) \
+        == "translation"
+    assert task_from_config({"architectures": ["T5ForConditionalGeneration"],
+                             "task_specific_params": {"summarization": {}, "translation_en_to_de": {}}}) \
+        == "text2text-generation"
+
+
+def test_a_symlinked_model_is_served_from_its_target(tmp_path):
+    """A Hugging Face cache snapshot (or any folder) linked into the store."""
+    real = make_model(tmp_path / "elsewhere", "snapshot")
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "linked").symlink_to(real, target_is_directory=True)
+    info = ModelStore(store).describe("linked")
+    assert info.complete and info.task == "feature-extraction"

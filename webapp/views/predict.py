@@ -6,7 +6,8 @@ import time
 
 from flask import Blueprint, jsonify, request, url_for
 
-from common.params import validate_parameters
+from common.params import validate_item, validate_parameters
+from model_store.store import default_parameters
 from webapp.jobs import outcome
 from webapp.metrics import JOBS
 from webapp.schemas import PredictRequest, parse_json, parse_predict
@@ -16,12 +17,16 @@ bp = Blueprint("predict", __name__)
 
 
 def _accept() -> tuple[PredictRequest, dict]:
-    """Validate the body, the model and its parameters; check a worker serves it."""
+    """Validate the body, the model, its parameters and inputs; check a worker serves it."""
     svc = services()
-    req = parse_predict(parse_json(request.get_data(cache=False)), svc.settings)
+    settings = svc.settings
+    req = parse_predict(parse_json(request.get_data(cache=False)), settings)
     info = svc.catalog.describe(req.model_id)
-    defaults = {"pooling": info.pooling} if info.task == "feature-extraction" else None
-    params = validate_parameters(info.task, req.parameters, defaults)
+    task = svc.task_of(req.model_id, info)
+    params = validate_parameters(task, req.parameters, default_parameters(info, task), settings.max_new_tokens)
+    for i, item in enumerate(req.items):
+        validate_item(task, item, f"inputs[{i}]" if req.is_list else "inputs", settings.max_input_chars,
+                      info.mask_token)
     svc.require_worker_for(req.model_id)
     return req, params
 

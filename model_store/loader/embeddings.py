@@ -1,45 +1,23 @@
-"""Loading models and running batches: the only module that imports transformers.
+"""feature-extraction: pooled sentence embeddings, or token vectors.
 
-A runner turns input items into model-ready encodings (`encode`, which also
-tells the batcher each item's token length) and a list of encodings into
-JSON-safe outputs (`run`, one forward pass). The batcher decides which
-encodings go through the model together.
+Our own forward rather than the pipeline: items arrive tokenized (the
+consumer thread did it), batches are padded here, and pooling follows the
+model's sentence-transformers configuration.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-from dataclasses import dataclass
-
 from common.errors import InputTooLong, ValidationFailed
+from model_store.loader.base import Encoding, Runner
 from model_store.store import ModelInfo
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class Encoding:
-    """One item ready for the model: its token ids."""
-
-    ids: list[int]
-
-    @property
-    def length(self) -> int:
-        return len(self.ids)
-
-
-class FeatureExtractionRunner:
+class FeatureExtractionRunner(Runner):
     """Sentence embeddings: pooled last hidden state, optionally L2-normalized."""
 
     task = "feature-extraction"
 
-    def __init__(self, info: ModelInfo, device: str):
+    def __init__(self, info: ModelInfo, device: str, task: str | None = None):
         import torch
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -67,15 +45,11 @@ class FeatureExtractionRunner:
         self._cls = self.tokenizer.cls_token_id
         self._sep = self.tokenizer.sep_token_id
 
-    def memory_bytes(self) -> int:
-        """Bytes held by the model's weights and buffers."""
-        tensors = list(self.model.parameters()) + list(self.model.buffers())
-        return sum(t.numel() * t.element_size() for t in tensors)
-
     def dummy_encoding(self, length: int) -> Encoding:
         """An encoding of exactly `length` tokens (special tokens included)."""
         ends = [t for t in (self._cls, self._sep) if t is not None]
-        return Encoding((ends[:1] + [self._filler] * max(0, length - len(ends)) + ends[1:])[:length])
+        ids = (ends[:1] + [self._filler] * max(0, length - len(ends)) + ends[1:])[:length]
+        return Encoding(length=len(ids), ids=ids)
 
     def encode(self, items: list, params: dict) -> list[Encoding]:
         """Token ids per item; InputTooLong when one exceeds the limit and truncate is off."""
@@ -98,7 +72,7 @@ class FeatureExtractionRunner:
                         f"inputs[{i}] has {len(seq)} tokens; the model takes at most {self.max_length} "
                         "(set parameters.truncate to true to cut it)"
                     )
-        return [Encoding(seq) for seq in ids]
+        return [Encoding(length=len(seq), ids=seq) for seq in ids]
 
     def run(self, encodings: list[Encoding], params: dict) -> list:
         """One forward pass over the batch; one output per encoding, in order."""
@@ -133,16 +107,3 @@ def pool(torch, hidden, mask, mode: str):
         last = mask.sum(dim=1) - 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-
-
-RUNNERS = {FeatureExtractionRunner.task: FeatureExtractionRunner}
-
-
-def load_runner(info: ModelInfo, device: str, task: str | None = None):
-    """Load the model behind `info` onto `device` for `task` (default: its config's)."""
-    task = task or info.task
-    runner_cls = RUNNERS.get(task or "")
-    if runner_cls is None:
-        raise ValidationFailed(f"model {info.model_id!r} has task {task!r}, which this worker does not serve")
-    log.info("loading %s (%s) on %s", info.model_id, task, device)
-    return runner_cls(info, device)
