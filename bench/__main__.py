@@ -6,6 +6,7 @@
    64 concurrent clients (wrk, closed loop), each request a different
    sentence of real English (CPython's pydoc_data.topics), cache bypassed;
 3. the same with batching off (MAX_BATCH_SIZE=1);
+4. the response cache: hit latency at each level, throughput with 30% repeats (bench/cache.py);
 then the ratios, a markdown table (bench/RESULTS.md), a PNG plot and the raw
 figures (bench/out/). CPU time per request is read for every process, so
 the report says where the CPU goes.
@@ -29,6 +30,8 @@ from pathlib import Path
 import psutil
 import redis
 
+from bench.cache import measure_cache
+from bench.cache import report as cache_report
 from bench.load import sentences
 from common.protocol import batch_stats_key
 from devtools.processes import PYTHON, ROOT, Webapp, Worker, service_env
@@ -255,6 +258,7 @@ def main(argv=None) -> int:
     parser.add_argument("--duration", type=float, default=15, help="seconds per level (default 15)")
     parser.add_argument("--levels", default="1,8,32,64", help="concurrent clients (default 1,8,32,64)")
     parser.add_argument("--skip-off", action="store_true", help="do not measure with batching off")
+    parser.add_argument("--skip-cache", action="store_true", help="do not measure the response cache")
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"), help="markdown report path")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
@@ -262,7 +266,7 @@ def main(argv=None) -> int:
         return 2
     levels = [int(x) for x in args.levels.split(",")]
     configs = [("on", {})] + ([] if args.skip_off else [("off", {"max_batch_size": 1})])
-    progress = Progress(3 + len(configs) * len(levels))
+    progress = Progress(3 + len(configs) * len(levels) + (0 if args.skip_cache else 3))
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     OUT.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="atf-bench-"))
@@ -285,13 +289,18 @@ def main(argv=None) -> int:
         progress(f"in-process ceiling {ceiling['ceiling_texts_per_s']:.1f} texts/s (batches of "
                  f"{ceiling['ceiling_batch']}), single forward p50 {ceiling['single_p50_ms']:.1f} ms")
         rows = []
+        cache = None
         with EmbeddedRedis() as server:
             for name, settings in configs:
                 rows += measure_config(name, settings, server, model_dir, bodies, levels, args.duration,
                                        progress, work)
-        (OUT / "results.json").write_text(json.dumps({"ceiling": ceiling, "rows": rows}, indent=1))
+            if not args.skip_cache:
+                cache = measure_cache(server.url, model_dir, texts, work, run_wrk, args.duration, progress)
+        (OUT / "results.json").write_text(json.dumps({"ceiling": ceiling, "rows": rows, "cache": cache}, indent=1))
         plot(rows, ceiling, ROOT / "bench" / "bench.png")
         text = report(rows, ceiling, args, started)
+        if cache is not None:
+            text += "\n" + "\n".join(cache_report(cache))
         Path(args.results).write_text(text)
         progress(f"wrote {args.results}, bench/bench.png, {OUT / 'results.json'}")
         print()

@@ -13,6 +13,9 @@ QUEUE_PREFIX = "infer."
 # `celery-task-meta-<id>` keys so any Celery client can read them).
 KEY_PREFIX = "atf:"
 WORKERS_KEY = KEY_PREFIX + "workers"  # hash: worker name -> JSON state
+# Published (with the registry write, atomically) when a worker's models change:
+# webapp processes drop what they cached of the registry at once.
+REGISTRY_CHANNEL = KEY_PREFIX + "registry-changed"
 JOB_KEY_PREFIX = KEY_PREFIX + "job:"  # hash per job: model_id, status, times
 BATCH_STATS_PREFIX = KEY_PREFIX + "batches:"  # hash per model: batch counters
 REPLY_CHANNEL_PREFIX = KEY_PREFIX + "replies:"  # pub/sub channel per webapp process

@@ -37,7 +37,11 @@ DEFAULT_MAX_WAIT_MS = 0.0
 # enough that one worker cannot hoard a queue other workers could drain.
 DEFAULT_WORKER_PREFETCH = 128
 
-DEFAULT_CACHE_TTL = 3600
+DEFAULT_CACHE_TTL = 3600  # 0 turns the response cache off
+# Level 1 of the response cache, in each webapp process: bounded by entries
+# and by bytes (an embedding is a few KB of JSON).
+DEFAULT_CACHE_L1_ITEMS = 10_000
+DEFAULT_CACHE_L1_BYTES = 64 * 1024 * 1024
 DEFAULT_RESULT_TTL = 3600
 
 # Waiting jobs per model queue before POSTs are refused with 429.
@@ -98,6 +102,8 @@ class Settings:
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    cache_l1_items: int = DEFAULT_CACHE_L1_ITEMS
+    cache_l1_bytes: int = DEFAULT_CACHE_L1_BYTES
     autoload: bool = True
     max_models_per_worker: int = DEFAULT_MAX_MODELS_PER_WORKER
     admin_token: str = ""
@@ -233,6 +239,8 @@ _PARSERS = {
     "visibility_timeout": _int(1),
     "heartbeat_s": _float(0.1, 60.0),
     "max_new_tokens": _int(1, 100_000),
+    "cache_l1_items": _int(1),
+    "cache_l1_bytes": _int(1024),
     "autoload": _bool,
     "max_models_per_worker": _int(1, 1000),
     "admin_token": _str,

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 
+from common.cache import cache_key
 from common.errors import DeadlineExceeded, InferenceFailed, ServiceError
 from tasks.costmodel import CALIBRATION_SHAPES, CostModel
 from tasks.jobs import Job
@@ -37,6 +38,7 @@ class Lane:
         self.last_used = time.time()
         self.incoming: list[Item] = []  # encoded on the consumer thread; guarded by the condition
         self.waiting: list[Item] = []  # device thread only
+        self.leaders: dict[str, Item] = {}  # cache key -> the item computing it; guarded by the condition
         self.in_hand = 0  # jobs received and not finished
         self.cost = CostModel()
         self.calibrated = False
@@ -137,7 +139,8 @@ class Batcher:
         if lane is None:
             return False
         try:
-            encodings = lane.runner.encode(job.inputs, job.params)
+            todo_inputs = [item for i, item in enumerate(job.inputs) if i not in job.prefilled]
+            encodings = lane.runner.encode(todo_inputs, job.params)
         except ServiceError as exc:
             job.fail(exc)
         except Exception as exc:  # noqa: BLE001 - a tokenizer crash fails only this job
@@ -145,12 +148,25 @@ class Batcher:
         if job.error is not None:
             self.reporter.finish(lane.model.model_id, [job])
             return True
-        items = [Item(job, index, enc, enc.length, job.params_key, next(self._seq))
-                 for index, enc in enumerate(encodings)]
+        model = lane.model
+        todo = [i for i in range(len(job.inputs)) if i not in job.prefilled]
+        if job.cacheable:
+            job.cache_keys = [cache_key(model.fingerprint, model.task, item, job.params) for item in job.inputs]
         with self._cond:
-            lane.incoming.extend(items)
+            for index, enc in zip(todo, encodings):
+                key = job.cache_keys[index]
+                leader = lane.leaders.get(key) if key is not None else None
+                if leader is not None and leader.alive:
+                    leader.targets.append((job, index))  # the same input is in flight: share its pass
+                    continue
+                item = Item(job, index, enc, enc.length, job.params_key, next(self._seq), key)
+                if key is not None:
+                    lane.leaders[key] = item
+                lane.incoming.append(item)
             lane.in_hand += 1
             self._cond.notify()
+        if not todo:  # everything came prefilled from the webapp's cache
+            self._finish(lane, [job])
         return True
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -257,15 +273,15 @@ class Batcher:
             lane.waiting.extend(lane.incoming)
             lane.incoming = []
         while True:
-            lane.waiting = [it for it in lane.waiting if not it.job.done]
-            started = [it for it in lane.waiting if it.job.started_at is not None]
+            lane.waiting = [it for it in lane.waiting if it.alive]
+            started = [it for it in lane.waiting if any(job.started_at is not None for job in it.jobs())]
             if not started:
                 break
             batch = plan_batch(started, self.max_items, self.max_tokens, lane.cost)
             chosen = set(map(id, batch))
             lane.waiting = [it for it in lane.waiting if id(it) not in chosen]
             self._run(lane, batch)
-        unstarted = list(dict.fromkeys(it.job for it in lane.waiting))
+        unstarted = list(dict.fromkeys(job for it in lane.waiting for job in it.jobs() if not job.done))
         with self._cond:
             del self._lanes[model_id]
             lane.in_hand -= len(unstarted)
@@ -283,18 +299,27 @@ class Batcher:
             lane.model, lane.runner, lane.cost = model, model.runner, fresh.cost
             lane.waiting.extend(lane.incoming)
             lane.incoming = []
-        # Items not yet run were tokenized for the old version: redo them.
-        redo = [job for job in dict.fromkeys(it.job for it in lane.waiting) if job.started_at is None]
-        keep = [it for it in lane.waiting if it.job.started_at is not None]
+        # Items not yet run were tokenized (and keyed) for the old version:
+        # redo them, one item per input again; started jobs finish as they are.
+        started = [it for it in lane.waiting if any(job.started_at is not None for job in it.jobs())]
+        redo = [job for job in dict.fromkeys(j for it in lane.waiting for j in it.jobs())
+                if job.started_at is None and not job.done]
         failed = []
+        keep = started
+        with self._cond:
+            lane.leaders = {}
         for job in redo:
+            todo = [i for i in range(len(job.inputs)) if i not in job.prefilled and job.outputs[i] is None]
             try:
-                encodings = lane.runner.encode(job.inputs, job.params)
+                encodings = lane.runner.encode([job.inputs[i] for i in todo], job.params)
             except Exception as exc:  # noqa: BLE001 - the new version refuses this input
                 job.fail(exc if isinstance(exc, ServiceError) else InferenceFailed(str(exc)))
                 failed.append(job)
                 continue
-            keep += [Item(job, i, enc, enc.length, job.params_key, next(self._seq)) for i, enc in enumerate(encodings)]
+            if job.cacheable:
+                job.cache_keys = [cache_key(model.fingerprint, model.task, item, job.params) for item in job.inputs]
+            keep += [Item(job, i, enc, enc.length, job.params_key, next(self._seq))
+                     for i, enc in zip(todo, encodings)]
         keep.sort(key=lambda it: (it.job.received_at, it.index))
         lane.waiting = keep
         if failed:
@@ -306,7 +331,7 @@ class Batcher:
         best, best_seq = None, None
         now = time.time()
         for lane in self._lanes.values():
-            expired = [job for job in dict.fromkeys(it.job for it in lane.waiting)
+            expired = [job for job in dict.fromkeys(j for it in lane.waiting for j in it.jobs())
                        if job.expires_at is not None and job.started_at is None and now > job.expires_at
                        and not job.done]
             for job in expired:
@@ -314,7 +339,10 @@ class Batcher:
                     f"the job waited {now - job.received_at:.1f}s for the model, past its options.timeout"))
             if expired:
                 self._finish(lane, expired)
-            lane.waiting = [it for it in lane.waiting if not it.job.done]
+            dead = [it for it in lane.waiting if not it.alive]
+            if dead:
+                self._forget(lane, dead)
+                lane.waiting = [it for it in lane.waiting if it.alive]
             if lane.waiting and (best_seq is None or lane.waiting[0].seq < best_seq):
                 best, best_seq = lane, lane.waiting[0].seq
         return best
@@ -332,34 +360,47 @@ class Batcher:
         return True
 
     def _run(self, lane: Lane, batch: list[Item]) -> None:
-        jobs = list(dict.fromkeys(it.job for it in batch))
-        fresh = [job for job in jobs if job.started_at is None]
+        fresh = [job for job in dict.fromkeys(j for it in batch for j in it.jobs()) if job.started_at is None]
         if fresh:
             cancelled = self.reporter.start(fresh)
             if cancelled:
                 self._finish(lane, cancelled)
-                batch = [it for it in batch if not it.job.cancelled]
-                jobs = [job for job in jobs if not job.cancelled]
+                dead = [it for it in batch if not it.alive]
+                if dead:
+                    self._forget(lane, dead)
+                    batch = [it for it in batch if it.alive]
                 if not batch:
                     return
         params = batch[0].job.params
         runner = lane.runner
+        fingerprint = lane.model.fingerprint
 
         def run(items):
             return runner.run([it.encoding for it in items], params)
 
+        def targets_of(item):
+            with self._cond:  # no job joins an item once its output is handed out
+                if item.key is not None and lane.leaders.get(item.key) is item:
+                    del lane.leaders[item.key]
+                return list(item.targets)
+
         def on_outputs(items, outputs):
             for item, output in zip(items, outputs):
-                item.job.outputs[item.index] = output
-                item.job.remaining -= 1
+                for job, index in targets_of(item):
+                    if not job.done:
+                        job.outputs[index] = output
+                        job.remaining -= 1
+                        if job.cacheable and job.cache_keys[index] is not None:
+                            # the weights that computed it, even if the model was switched meanwhile
+                            job.cache_keys[index] = cache_key(fingerprint, lane.model.task, job.inputs[index],
+                                                              job.params)
 
         def on_error(item, exc):
-            if isinstance(exc, ServiceError):
-                item.job.fail(exc)
-            else:
+            if not isinstance(exc, ServiceError):
                 log.warning("model %s failed on an item of job %s: %r", lane.model.model_id, item.job.id, exc)
-                item.job.fail(InferenceFailed(
-                    f"the model failed on inputs[{item.index}]: {type(exc).__name__}: {exc}"))
+                exc = InferenceFailed(f"the model failed on inputs[{item.index}]: {type(exc).__name__}: {exc}")
+            for job, _ in targets_of(item):
+                job.fail(exc)
 
         longest = max(it.length for it in batch)
         log.debug("batch: %s, %d items, longest %d tokens, %d padded tokens",
@@ -370,11 +411,19 @@ class Batcher:
         lane.last_used = time.time()
         if passes == 1:
             lane.cost.observe(len(batch), longest, elapsed)
+        jobs = list(dict.fromkeys(j for it in batch for j in it.jobs()))
         for job in jobs:
             job.forward_s += elapsed
             job.largest_batch = max(job.largest_batch, len(batch))
         self._finish(lane, [job for job in jobs if job.done], batch_size=len(batch), forward_s=elapsed,
                      passes=passes)
+
+    def _forget(self, lane: Lane, items: list[Item]) -> None:
+        """Items no job wants any more leave the table of shareable items."""
+        with self._cond:
+            for item in items:
+                if item.key is not None and lane.leaders.get(item.key) is item:
+                    del lane.leaders[item.key]
 
     def _finish(self, lane: Lane, jobs: list[Job], **batch_stats) -> None:
         self.reporter.finish(lane.model.model_id, jobs, **batch_stats)

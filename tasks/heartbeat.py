@@ -13,7 +13,7 @@ import time
 
 import redis
 
-from common.protocol import WORKERS_KEY
+from common.protocol import REGISTRY_CHANNEL, WORKERS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ class Heartbeat:
         self._state = state  # callable -> dict
         self._stop = threading.Event()
         self._poke = threading.Event()
+        self._last_serving = None
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
     def start(self) -> "Heartbeat":
@@ -41,9 +42,16 @@ class Heartbeat:
 
     def beat(self) -> None:
         """Write the entry now (also after a model is loaded or unloaded)."""
-        entry = dict(self._state(), name=self.name, updated_at=time.time())
+        state = self._state()
+        entry = dict(state, name=self.name, updated_at=time.time())
+        serving = json.dumps([state.get("models"), state.get("changing")], sort_keys=True)
         try:
-            self._redis.hset(WORKERS_KEY, self.name, json.dumps(entry))
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(WORKERS_KEY, self.name, json.dumps(entry))
+                if serving != self._last_serving:
+                    pipe.publish(REGISTRY_CHANNEL, self.name)
+                pipe.execute()
+            self._last_serving = serving
         except (redis.RedisError, OSError) as exc:
             log.warning("heartbeat not written: %s", exc)
 
@@ -53,7 +61,10 @@ class Heartbeat:
         self._poke.set()
         self._thread.join(self.interval + 1)
         try:
-            self._redis.hdel(WORKERS_KEY, self.name)
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(WORKERS_KEY, self.name)
+                pipe.publish(REGISTRY_CHANNEL, self.name)
+                pipe.execute()
         except (redis.RedisError, OSError):
             pass
 

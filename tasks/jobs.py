@@ -42,11 +42,22 @@ class Job:
     cancelled: bool = False
     largest_batch: int = 0
     forward_s: float = 0.0
+    use_cache: bool = True  # write the outputs to the response cache
+    prefilled: dict = field(default_factory=dict)  # index -> output the webapp had cached
+    cache_keys: list = field(default_factory=list)  # per input, once the worker knows the model
 
     def __post_init__(self):
         self.params_key = json.dumps(self.params, sort_keys=True)
         self.outputs = [None] * len(self.inputs)
-        self.remaining = len(self.inputs)
+        for index, output in self.prefilled.items():
+            self.outputs[index] = output
+        self.remaining = len(self.inputs) - len(self.prefilled)
+        self.cache_keys = [None] * len(self.inputs)
+
+    @property
+    def cacheable(self) -> bool:
+        """Sampled generations differ run to run: never cached, never shared."""
+        return self.use_cache and not self.params.get("do_sample")
 
     @property
     def done(self) -> bool:
@@ -84,7 +95,7 @@ def job_from_message(message, **extra) -> Job:
         args, kwargs, _embed = orjson.loads(message.body)
     except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
         raise InvalidJob(job_id, f"cannot decode the message body: {exc}") from None
-    names = ("model_id", "inputs", "parameters", "is_list")
+    names = ("model_id", "inputs", "parameters", "is_list", "use_cache", "prefilled")
     if len(args) > len(names):
         raise InvalidJob(job_id, f"tasks.infer takes at most {len(names)} arguments")
     call = dict(zip(names, args))
@@ -105,6 +116,14 @@ def job_from_message(message, **extra) -> Job:
         raise InvalidJob(job_id, "inputs is empty")
     if not isinstance(params, dict):
         raise InvalidJob(job_id, "parameters must be an object")
+    use_cache = call.get("use_cache", True)
+    prefilled = call.get("prefilled") or {}
+    try:
+        prefilled = {int(k): v for k, v in prefilled.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise InvalidJob(job_id, "prefilled must map input indexes to outputs") from None
+    if any(not 0 <= k < len(inputs) for k in prefilled):
+        raise InvalidJob(job_id, "prefilled names an input that does not exist")
     reply_to = (message.properties or {}).get("reply_to") or None
     expires_at = None
     if headers.get("expires"):
@@ -113,7 +132,8 @@ def job_from_message(message, **extra) -> Job:
         except (TypeError, ValueError):
             raise InvalidJob(job_id, f"expires is not an ISO 8601 time: {headers['expires']!r}") from None
     return Job(id=job_id, model_id=model_id, inputs=inputs, params=params, is_list=bool(is_list),
-               reply_to=reply_to, message=message, expires_at=expires_at, **extra)
+               reply_to=reply_to, message=message, expires_at=expires_at, use_cache=bool(use_cache),
+               prefilled=prefilled, **extra)
 
 
 def invalid_job_error(exc: InvalidJob) -> ValidationFailed:

@@ -6,17 +6,32 @@ from typing import Sequence
 
 
 class Item:
-    """One input of one job, encoded and waiting for a forward pass."""
+    """One input, encoded and waiting for a forward pass, for one job or more.
 
-    __slots__ = ("job", "index", "encoding", "length", "params_key", "seq")
+    `job`/`index` are where the item came from; `targets` lists every
+    (job, index) that wants its output: identical inputs of jobs in
+    flight together share one item (and one forward pass).
+    """
 
-    def __init__(self, job, index: int, encoding, length: int, params_key: str, seq: int):
+    __slots__ = ("job", "index", "encoding", "length", "params_key", "seq", "key", "targets")
+
+    def __init__(self, job, index: int, encoding, length: int, params_key: str, seq: int, key=None):
         self.job = job
         self.index = index
         self.encoding = encoding
         self.length = length
         self.params_key = params_key
         self.seq = seq  # arrival order on this worker
+        self.key = key  # cache key, when the item may be shared
+        self.targets = [(job, index)]
+
+    def jobs(self):
+        return [job for job, _ in self.targets]
+
+    @property
+    def alive(self) -> bool:
+        """Some job still wants this item's output."""
+        return any(not job.done for job, _ in self.targets)
 
     def __repr__(self) -> str:
         return f"Item(job={getattr(self.job, 'id', self.job)!r}, index={self.index}, length={self.length})"

@@ -54,6 +54,7 @@ class Reporter:
 
     def __init__(self, settings, consumer, task_name: str = protocol.INFER_TASK):
         self.ttl = settings.result_ttl
+        self.cache_ttl = settings.cache_ttl
         self.redis = redis.Redis.from_url(settings.result_backend, socket_connect_timeout=2, socket_timeout=10)
         self._start_jobs = self.redis.register_script(protocol.START_JOBS_LUA)
         # Acks can join the result writes when the broker is this same Redis.
@@ -145,9 +146,19 @@ class Reporter:
             meta_json = orjson.dumps(self._meta(job, date_done))
             reply = None
             if job.reply_to and job.reply_to.startswith(protocol.REPLY_CHANNEL_PREFIX):
-                # The same document plus the job's timings, without encoding the result twice.
-                reply = meta_json[:-1] + b',"timings":' + orjson.dumps(job.timings(now)) + b"}"
+                # The same document plus the job's timings and cache keys, without encoding the result twice.
+                extra = {"timings": job.timings(now)}
+                if job.error is None and job.cacheable and self.cache_ttl:
+                    extra["cache_keys"] = job.cache_keys
+                reply = meta_json[:-1] + b"," + orjson.dumps(extra)[1:]
             writes.append((job, meta_json, reply))
+        cached = {}  # cache key -> output, each written once
+        if self.cache_ttl:
+            for job in jobs:
+                if job.error is None and not job.cancelled and job.cacheable:
+                    for index, key in enumerate(job.cache_keys):
+                        if key is not None and index not in job.prefilled:
+                            cached.setdefault(key, job.outputs[index])
         acks = [job for job in jobs if self._can_ack_here(job)]
 
         def write():
@@ -162,6 +173,8 @@ class Reporter:
                     status = protocol.SUCCEEDED if job.error is None else protocol.FAILED
                     pipe.hset(record, mapping={"status": status, "finished_at": repr(now)})
                     pipe.expire(record, self.ttl)
+                for key, output in cached.items():  # never an error: only succeeded jobs' outputs
+                    pipe.setex(key, self.cache_ttl, orjson.dumps(output))
                 for job in acks:  # exactly what kombu's Redis QoS.ack removes
                     channel, tag = job.message.channel, job.message.delivery_tag
                     pipe.zrem(channel.unacked_index_key, tag)

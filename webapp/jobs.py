@@ -30,6 +30,7 @@ from common.errors import (
     error_from_stored,
 )
 from common.settings import Settings
+from webapp.cache import COALESCED
 from webapp.publisher import CeleryPublisher, make_publisher
 from webapp.results import ResultListener, Waiter, wait_for
 
@@ -60,22 +61,41 @@ class JobService:
         self._cancel = self.results.register_script(protocol.CANCEL_JOB_LUA)
         self._depths: dict[str, tuple[float, int]] = {}
         self._depth_lock = threading.Lock()
+        # Identical requests in flight from this process: coalescing key -> (job id, waiter).
+        self._inflight: dict[str, tuple[str, Waiter]] = {}
+        self._inflight_lock = threading.Lock()
 
     # -- publishing -------------------------------------------------------
 
     def submit(self, model_id: str, items, is_list: bool, parameters: dict, wait: bool,
-               timeout: float | None = None) -> tuple[str, Waiter | None]:
+               timeout: float | None = None, use_cache: bool = True, prefilled: dict | None = None,
+               coalesce: str | None = None) -> tuple[str, Waiter | None]:
         """Record and publish one job; return its id and, if `wait`, a waiter.
 
         With `timeout`, the job expires (Celery's `expires`) that many seconds
-        from now: a worker that gets to it later drops it unrun.
+        from now: a worker that gets to it later drops it unrun. `prefilled`
+        holds outputs (by item index) already known from the cache: the job
+        carries them and computes only the rest. With `coalesce` (a key of
+        the whole request) a waiting request identical to one in flight
+        from this process joins that job instead of queueing another.
         """
         self._check_queue_depth(model_id)
         job_id = str(uuid.uuid4())
         waiter = None
         if wait:
             self.listener.ensure_started()
-            waiter = self.listener.register(job_id)
+            if coalesce is not None:
+                with self._inflight_lock:  # check and claim in one step: one job per identical request
+                    joined = self._inflight.get(coalesce)
+                    if joined is None:
+                        waiter = self.listener.register(job_id)
+                        waiter.coalesce = coalesce
+                        self._inflight[coalesce] = (job_id, waiter)
+                if joined is not None:
+                    COALESCED.labels(model_id).inc()
+                    return joined
+            else:
+                waiter = self.listener.register(job_id)
         record = {
             "model_id": model_id,
             "status": protocol.QUEUED,
@@ -84,19 +104,27 @@ class JobService:
             "reply_to": self.listener.channel,
         }
         kwargs = {"model_id": model_id, "inputs": list(items), "parameters": parameters, "is_list": is_list}
+        if not use_cache:
+            kwargs["use_cache"] = False
+        if prefilled:
+            kwargs["prefilled"] = {str(i): output for i, output in prefilled.items()}
         try:
             expires = None
             if timeout is not None:
                 expires = datetime.fromtimestamp(time.time() + timeout, timezone.utc).isoformat()
             self.publisher.publish(job_id, model_id, kwargs, self.listener.channel, record, expires)
         except _REDIS_ERRORS + (KombuError, OperationalError) as exc:
+            error = BrokerUnavailable(f"cannot queue the job: {exc}")
             if waiter is not None:
-                self.listener.discard(job_id)
+                self._forget(waiter)
+                # requests that joined this job get the same answer
+                waiter.deliver({"status": "FAILURE", "task_id": job_id, "result": {
+                    "exc_type": "BrokerUnavailable", "exc_message": [error.message]}})
             try:
                 self.results.delete(protocol.job_key(job_id))
             except _REDIS_ERRORS:
                 pass
-            raise BrokerUnavailable(f"cannot queue the job: {exc}") from None
+            raise error from None
         return job_id, waiter
 
     def _check_queue_depth(self, model_id: str) -> None:
@@ -135,7 +163,33 @@ class JobService:
         try:
             return wait_for(waiter, timeout, lambda: self._read_final(waiter.job_id))
         finally:
-            self.listener.discard(waiter.job_id)
+            self._forget(waiter)
+
+    def _forget(self, waiter: Waiter) -> None:
+        self.listener.discard(waiter.job_id)
+        key = getattr(waiter, "coalesce", None)
+        if key is not None:
+            with self._inflight_lock:
+                if self._inflight.get(key, (None,))[0] == waiter.job_id:
+                    del self._inflight[key]
+
+    def store_completed(self, model_id: str, result) -> str:
+        """A job answered wholly from the cache: recorded as succeeded, nothing queued."""
+        job_id = str(uuid.uuid4())
+        now = time.time()
+        meta = orjson.dumps({"status": "SUCCESS", "result": result, "traceback": None, "children": [],
+                             "date_done": datetime.now(timezone.utc).isoformat(), "task_id": job_id})
+        try:
+            with self.results.pipeline(transaction=False) as pipe:
+                pipe.hset(protocol.job_key(job_id), mapping={
+                    "model_id": model_id, "status": protocol.SUCCEEDED, "created_at": repr(now),
+                    "started_at": repr(now), "finished_at": repr(now), "cached": 1})
+                pipe.expire(protocol.job_key(job_id), self.settings.result_ttl)
+                pipe.setex(protocol.result_key(job_id), self.settings.result_ttl, meta)
+                pipe.execute()
+        except _REDIS_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot record the job in Redis: {exc}") from None
+        return job_id
 
     def _read_final(self, job_id: str) -> dict | None:
         try:

@@ -73,7 +73,9 @@ def init_app(app: Flask) -> None:
 
         multiprocess.MultiProcessCollector(registry)
     else:
-        for collector in (REQUESTS, LATENCY, JOBS):
+        from webapp.cache import CACHE_HITS, CACHE_MISSES, COALESCED
+
+        for collector in (REQUESTS, LATENCY, JOBS, CACHE_HITS, CACHE_MISSES, COALESCED):
             registry.register(collector)
     registry.register(BatchStatsCollector(app.extensions["atf"].jobs.redis))
 

@@ -17,7 +17,7 @@ import uuid
 import orjson
 import redis
 
-from common.protocol import REPLY_CHANNEL_PREFIX
+from common.protocol import REGISTRY_CHANNEL, REPLY_CHANNEL_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,13 @@ RECHECK_S = 1.0
 class Waiter:
     """A request waiting for one job's result."""
 
-    __slots__ = ("job_id", "event", "payload")
+    __slots__ = ("job_id", "event", "payload", "coalesce")
 
     def __init__(self, job_id: str):
         self.job_id = job_id
         self.event = threading.Event()
         self.payload: dict | None = None
+        self.coalesce: str | None = None  # set when identical requests may join this job
 
     def deliver(self, payload: dict) -> None:
         self.payload = payload
@@ -52,6 +53,7 @@ class ResultListener:
         self._started_pid: int | None = None
         self._subscribed = threading.Event()
         self._stop = threading.Event()
+        self._on_registry_change = []  # callbacks: the workers' registry changed
 
     def ensure_started(self, timeout: float = 5.0) -> bool:
         """Start the listener thread in this process; True once subscribed."""
@@ -67,6 +69,13 @@ class ResultListener:
                     self._started_pid = os.getpid()
                     threading.Thread(target=self._run, name="result-listener", daemon=True).start()
         return self._subscribed.wait(timeout)
+
+    @property
+    def started(self) -> bool:
+        return self._started_pid == os.getpid() and self._subscribed.is_set()
+
+    def on_registry_change(self, callback) -> None:
+        self._on_registry_change.append(callback)
 
     def register(self, job_id: str) -> Waiter:
         waiter = Waiter(job_id)
@@ -86,16 +95,21 @@ class ResultListener:
             try:
                 client = redis.Redis.from_url(self._redis_url, health_check_interval=10)
                 pubsub = client.pubsub(ignore_subscribe_messages=False)
-                pubsub.subscribe(self.channel)
+                pubsub.subscribe(self.channel, REGISTRY_CHANNEL)
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if message is None:
                         continue
                     if message["type"] == "subscribe":
-                        self._subscribed.set()
-                        backoff = 0.1
+                        if message["channel"] == self.channel.encode():
+                            self._subscribed.set()
+                            backoff = 0.1
+                        self._registry_changed()  # missed events while (re)connecting
                     elif message["type"] == "message":
-                        self._dispatch(message["data"])
+                        if message["channel"] == REGISTRY_CHANNEL.encode():
+                            self._registry_changed()
+                        else:
+                            self._dispatch(message["data"])
             except (redis.RedisError, OSError) as exc:
                 self._subscribed.clear()
                 log.warning("result listener lost Redis (%s); reconnecting in %.1fs", exc, backoff)
@@ -107,6 +121,10 @@ class ResultListener:
                         pubsub.close()
                     except Exception:  # noqa: BLE001 - closing a broken connection
                         pass
+
+    def _registry_changed(self) -> None:
+        for callback in self._on_registry_change:
+            callback()
 
     def _dispatch(self, data: bytes) -> None:
         try:

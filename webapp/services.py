@@ -12,6 +12,7 @@ from common import protocol
 from common.errors import BrokerUnavailable, ModelNotFound, ModelNotLoaded, NoWorkers, ValidationFailed
 from common.settings import Settings
 from model_store.store import ModelInfo, ModelStore
+from webapp.cache import ResponseCache
 from webapp.jobs import JobService
 from webapp.management import ModelAdmin
 from webapp.workers import WorkerDirectory
@@ -58,6 +59,33 @@ class Services:
     workers: WorkerDirectory
     catalog: ModelCatalog
     admin: ModelAdmin
+    cache: ResponseCache
+
+    def fingerprint_of(self, model_id: str) -> str | None:
+        """The fingerprint of the weights serving `model_id`, if all its live workers agree."""
+        try:
+            fingerprints = {w["models"][model_id].get("fingerprint") for w in self.workers.serving(model_id)}
+        except BrokerUnavailable:
+            return None
+        return fingerprints.pop() if len(fingerprints) == 1 else None
+
+    def cached_outputs(self, model_id: str, task: str, items, params: dict, use_cache: bool):
+        """(outputs by item index as JSON bytes, per-item cache keys, level) — nothing when bypassed.
+
+        Sampled generations are never cached; during a switch, when workers
+        disagree about the weights, the cache is not read.
+        """
+        if not (use_cache and self.cache.enabled) or params.get("do_sample"):
+            return {}, None, None
+        # The listener carries the workers' registry-change events: started,
+        # it drops a stale fingerprint the moment a model is switched.
+        self.jobs.listener.ensure_started(timeout=0)  # no wait: it subscribes within milliseconds
+        fingerprint = self.fingerprint_of(model_id)
+        if fingerprint is None:
+            return {}, None, None
+        keys = self.cache.keys(fingerprint, task, items, params)
+        found, level = self.cache.lookup(model_id, keys)
+        return found, keys, level
 
     def task_of(self, model_id: str, info: ModelInfo) -> str:
         """The task a model is served as: what its workers loaded it as, else what its config says."""
@@ -102,12 +130,14 @@ def init_app(app: Flask, settings: Settings) -> None:
     jobs = app.config.get("JOB_SERVICE") or JobService(settings)
     workers = app.config.get("WORKER_DIRECTORY") or WorkerDirectory(jobs.redis, settings.heartbeat_s)
     admin = ModelAdmin(settings, jobs.redis, workers)
+    jobs.listener.on_registry_change(getattr(workers, "invalidate", lambda: None))
     app.extensions["atf"] = Services(
         settings=settings,
         jobs=jobs,
         workers=workers,
         catalog=ModelCatalog(ModelStore(settings.model_dir), admin.source_of),
         admin=admin,
+        cache=ResponseCache(settings, jobs.results),
     )
 
 

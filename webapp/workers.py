@@ -24,6 +24,10 @@ class WorkerDirectory:
         self._stale_after = 3 * heartbeat_s + 1.0
         self._cached: tuple[float, list[dict]] | None = None
 
+    def invalidate(self) -> None:
+        """Forget the cached registry: the next question reads Redis."""
+        self._cached = None
+
     def live(self, fresh: bool = False) -> list[dict]:
         """Every worker whose last heartbeat is recent, sorted by name."""
         now = time.monotonic()

@@ -143,6 +143,18 @@ def batch_stats(client: redis.Redis, model_id: str) -> dict:
     return {k.decode(): float(v) for k, v in client.hgetall(batch_stats_key(model_id)).items()}
 
 
+def long_texts(count: int, words: int = 100) -> list[str]:
+    """`count` different passages of real English, `words` words each.
+
+    Load for the worker must be distinct texts: identical inputs in flight
+    share one forward pass, so a list of copies is one item of work.
+    """
+    from pydoc_data.topics import topics
+
+    pool = " ".join(topics.values()).split()
+    return [" ".join(pool[i * words:(i + 1) * words]) for i in range(count)]
+
+
 def wait_for_status(api, job_id: str, statuses: set, timeout: float = 60.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -7,7 +7,7 @@ from pydoc_data.topics import topics
 
 import pytest
 
-from tests.integration.conftest import Worker, batch_stats, service_env, wait_for_status
+from tests.integration.conftest import Worker, batch_stats, long_texts, service_env, wait_for_status
 
 TEXT = " ".join(topics.values())
 WORDS = TEXT.split()
@@ -51,7 +51,7 @@ def test_one_poisoned_item_among_20_fails_alone(api, capped_worker, rdb):
     texts = [f"an ordinary sentence number {i}" for i in range(20)]
     texts[7] = "this one breaks the model～"
     # A long job first, so the 20 wait together and share batches.
-    api.post("/jobs", json={"model_id": "tiny-poison", "inputs": [" ".join(WORDS[:100])] * 64})
+    api.post("/jobs", json={"model_id": "tiny-poison", "inputs": long_texts(64), "options": {"use_cache": False}})
     with futures.ThreadPoolExecutor(20) as pool:
         ids = list(pool.map(
             lambda t: api.post("/jobs", json={"model_id": "tiny-poison", "inputs": t}).json()["job_id"], texts))
@@ -67,7 +67,8 @@ def test_one_poisoned_item_among_20_fails_alone(api, capped_worker, rdb):
 
 def test_a_job_past_its_timeout_is_dropped_unrun(api, capped_worker):
     """options.timeout: a job the model does not reach in time fails with 504, never runs."""
-    busy = api.post("/jobs", json={"model_id": "tiny-poison", "inputs": [" ".join(WORDS[:100])] * 256}).json()
+    busy = api.post("/jobs", json={"model_id": "tiny-poison", "inputs": long_texts(256),
+                                   "options": {"use_cache": False}}).json()
     late = api.post("/predict", json={"model_id": "tiny-poison", "inputs": "too late",
                                       "options": {"timeout": 0.05}})
     assert late.status_code == 504 and late.json()["error"]["type"] == "deadline_exceeded"

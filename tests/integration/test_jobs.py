@@ -31,7 +31,7 @@ def test_job_is_accepted_and_polled_to_its_result(api):
 
 def test_queued_running_succeeded_and_cancel(api):
     """A long job runs while a later one waits queued; the queued one can be cancelled."""
-    long_job = submit(api, LONG).json()["job_id"]
+    long_job = submit(api, LONG, options={"use_cache": False}).json()["job_id"]
     later = submit(api, "I wait behind the long job").json()["job_id"]
     seen = {wait_for_status(api, long_job, {"running", "succeeded"})["status"]}
     assert seen == {"running"}, "the long job should be observed running"
@@ -53,7 +53,7 @@ def test_queued_running_succeeded_and_cancel(api):
 
 
 def test_predict_answers_202_when_wait_runs_out(api):
-    submit(api, LONG)
+    submit(api, LONG, options={"use_cache": False})
     response = api.post("/predict", json={"model_id": "minilm", "inputs": "patience",
                                           "options": {"wait": 0.05}})
     assert response.status_code == 202

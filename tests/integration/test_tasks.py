@@ -6,7 +6,7 @@ import re
 import pytest
 
 from model_store.training import load_examples
-from tests.integration.conftest import Worker, batch_stats, service_env, wait_for_status
+from tests.integration.conftest import Worker, batch_stats, long_texts, service_env, wait_for_status
 
 TASK_MODELS = ("sentiment_model", "tiny-ner", "tiny-qa", "tiny-fill-mask", "tiny-zero-shot", "tiny-gpt2",
                "tiny-bart", "tiny-summarization", "tiny-translation")
@@ -101,28 +101,33 @@ def test_sequence_to_sequence(api, tasks_worker, model_id, key):
     assert len(two) == 2 and all(key in r for r in two)
 
 
-FAMILY_INPUTS = {
-    "sentiment_model": ("a fine sentence", {}),
-    "tiny-ner": ("John lives in Paris", {}),
-    "tiny-qa": (QA[0], {}),
-    "tiny-fill-mask": ("Paris is the [MASK] of France.", {}),
-    "tiny-zero-shot": ("A sentence.", {"candidate_labels": ["a", "b"]}),
-    "tiny-gpt2": ("Once upon a time", {"max_new_tokens": 4}),
-    "tiny-bart": ("Some input.", {"max_new_tokens": 4}),
-    "tiny-summarization": ("Some input.", {"max_new_tokens": 4}),
-    "tiny-translation": ("Some input.", {"max_new_tokens": 4}),
+FAMILY_INPUTS = {  # (input of job i, parameters): distinct inputs, or they would share one pass
+    "sentiment_model": (lambda i: f"a fine sentence number {i}", {}),
+    "tiny-ner": (lambda i: f"John number {i} lives in Paris", {}),
+    "tiny-qa": (lambda i: {"question": f"Where is number {i}?", "context": QA[0]["context"]}, {}),
+    "tiny-fill-mask": (lambda i: f"Paris is the [MASK] of France, number {i}.", {}),
+    "tiny-zero-shot": (lambda i: f"Sentence number {i}.", {"candidate_labels": ["a", "b"]}),
+    "tiny-gpt2": (lambda i: f"Once upon a time {i}", {"max_new_tokens": 4}),
+    "tiny-bart": (lambda i: f"Some input {i}.", {"max_new_tokens": 4}),
+    "tiny-summarization": (lambda i: f"Some input {i}.", {"max_new_tokens": 4}),
+    "tiny-translation": (lambda i: f"Some input {i}.", {"max_new_tokens": 4}),
 }
 
 
 @pytest.mark.parametrize("model_id", TASK_MODELS)
 def test_jobs_of_every_family_share_batches(api, tasks_worker, rdb, model_id):
     """Jobs that pile up while the worker is busy run in fewer forward passes than jobs."""
-    item, parameters = FAMILY_INPUTS[model_id]
+    make_item, parameters = FAMILY_INPUTS[model_id]
     before = batch_stats(rdb, model_id)
-    blocker = api.post("/jobs", json={"model_id": "sentiment_model", "inputs": ["a long sentence " * 30] * 48})
+    if model_id == "sentiment_model":  # occupy the device with another model than the one measured
+        blocking = {"model_id": "tiny-gpt2", "inputs": long_texts(16, 20), "parameters": {"max_new_tokens": 64}}
+    else:
+        blocking = {"model_id": "sentiment_model", "inputs": long_texts(48)}
+    blocker = api.post("/jobs", json={**blocking, "options": {"use_cache": False}})
     with futures.ThreadPoolExecutor(8) as pool:
-        ids = list(pool.map(lambda _: api.post("/jobs", json={"model_id": model_id, "inputs": item,
-                                                              "parameters": parameters}).json()["job_id"], range(8)))
+        ids = list(pool.map(lambda i: api.post("/jobs", json={
+            "model_id": model_id, "inputs": make_item(i), "parameters": parameters,
+            "options": {"use_cache": False}}).json()["job_id"], range(8)))
     assert all(wait_for_status(api, i, {"succeeded"})["status"] == "succeeded" for i in ids)
     wait_for_status(api, blocker.json()["job_id"], {"succeeded"})
     after = batch_stats(rdb, model_id)

@@ -63,7 +63,8 @@ def test_a_worker_killed_mid_batch_loses_no_job(api, redis_url, model_dir, log_d
 
     env = service_env(redis_url, model_dir, preload_models="minilm-b", visibility_timeout=3)
     victim = Worker("victim", env, log_dir).wait_ready()
-    ids = [api.post("/jobs", json={"model_id": "minilm-b", "inputs": LONG[:64]}).json()["job_id"]
+    ids = [api.post("/jobs", json={"model_id": "minilm-b", "inputs": LONG[:64],
+                                   "options": {"use_cache": False}}).json()["job_id"]
            for _ in range(3)]
     wait_for_status(api, ids[0], {"running"})
     victim.kill()

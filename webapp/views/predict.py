@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import orjson
 from flask import Blueprint, jsonify, request, url_for
 
 from common.params import validate_item, validate_parameters
@@ -16,8 +17,39 @@ from webapp.services import services
 bp = Blueprint("predict", __name__)
 
 
-def _accept() -> tuple[PredictRequest, dict]:
-    """Validate the body, the model, its parameters and inputs; check a worker serves it."""
+class Accepted:
+    """A validated request, with what the cache already knows of its items."""
+
+    def __init__(self, req: PredictRequest, task: str, params: dict):
+        self.req = req
+        self.task = task
+        self.params = params
+        self.cached: dict[int, bytes] = {}
+        self.cache_keys: list[str] | None = None
+        self.cache_level: str | None = None
+
+    @property
+    def all_cached(self) -> bool:
+        return self.cache_keys is not None and len(self.cached) == len(self.req.items)
+
+    def cached_result(self):
+        outputs = [orjson.Fragment(self.cached[i]) for i in range(len(self.req.items))]
+        return outputs if self.req.is_list else outputs[0]
+
+    def prefilled(self) -> dict:
+        return {i: orjson.loads(value) for i, value in self.cached.items()}
+
+    def coalescing_key(self) -> str | None:
+        """Identical requests (model, task, inputs, parameters) may share one job; sampled ones may not."""
+        req = self.req
+        if self.params.get("do_sample"):
+            return None
+        return orjson.dumps([req.model_id, self.task, req.items, self.params, req.is_list, req.use_cache],
+                            option=orjson.OPT_SORT_KEYS).hex()
+
+
+def _accept() -> Accepted:
+    """Validate the body, the model, its parameters and inputs; read the cache; check a worker serves it."""
     svc = services()
     settings = svc.settings
     req = parse_predict(parse_json(request.get_data(cache=False)), settings)
@@ -27,8 +59,12 @@ def _accept() -> tuple[PredictRequest, dict]:
     for i, item in enumerate(req.items):
         validate_item(task, item, f"inputs[{i}]" if req.is_list else "inputs", settings.max_input_chars,
                       info.mask_token)
-    svc.require_worker_for(req.model_id)
-    return req, params
+    accepted = Accepted(req, task, params)
+    accepted.cached, accepted.cache_keys, accepted.cache_level = svc.cached_outputs(
+        req.model_id, task, req.items, params, req.use_cache)
+    if not accepted.all_cached:  # a hit never touches the queue, nor needs a worker
+        svc.require_worker_for(req.model_id)
+    return accepted
 
 
 def _accepted(job_id: str, status: str = "queued"):
@@ -39,23 +75,43 @@ def _accepted(job_id: str, status: str = "queued"):
     return response
 
 
+def _submit(acc: Accepted, wait: bool):
+    req = acc.req
+    job = services().jobs.submit(
+        req.model_id, req.items, req.is_list, acc.params, wait=wait, timeout=req.timeout, use_cache=req.use_cache,
+        prefilled=acc.prefilled(), coalesce=acc.coalescing_key() if wait else None)
+    JOBS.labels(req.model_id).inc()
+    return job
+
+
 @bp.post("/predict")
 def predict():
     """Run inputs through a model; answer when done or after options.wait seconds."""
     started = time.monotonic()
-    req, params = _accept()
-    jobs = services().jobs
-    job_id, waiter = jobs.submit(req.model_id, req.items, req.is_list, params, wait=req.wait > 0,
-                                 timeout=req.timeout)
-    JOBS.labels(req.model_id).inc()
-    payload = jobs.wait(waiter, req.wait) if waiter is not None else None
+    acc = _accept()
+    req = acc.req
+    if acc.all_cached:
+        return jsonify({
+            "job_id": None,  # nothing was queued
+            "model_id": req.model_id,
+            "status": "succeeded",
+            "result": acc.cached_result(),
+            "cached": True,
+            "timings": {"cache": acc.cache_level, "total_ms": round((time.monotonic() - started) * 1000, 3)},
+        })
+    svc = services()
+    job_id, waiter = _submit(acc, wait=req.wait > 0)
+    payload = svc.jobs.wait(waiter, req.wait) if waiter is not None else None
     if payload is None:
         return _accepted(job_id)
     status, result, error = outcome(payload)
     if error is not None:
         error.details["job_id"] = job_id
         raise error
+    svc.cache.remember_outputs(payload.get("cache_keys"), result if req.is_list else [result])
     timings = dict(payload.get("timings") or {})
+    if acc.cached:
+        timings["cached_items"] = len(acc.cached)
     timings["total_ms"] = round((time.monotonic() - started) * 1000, 2)
     return jsonify({
         "job_id": job_id,
@@ -70,10 +126,11 @@ def predict():
 @bp.post("/jobs")
 def create_job():
     """Queue inputs for a model; poll the returned status_url for the result."""
-    req, params = _accept()
-    job_id, _ = services().jobs.submit(req.model_id, req.items, req.is_list, params, wait=False,
-                                       timeout=req.timeout)
-    JOBS.labels(req.model_id).inc()
+    acc = _accept()
+    if acc.all_cached:
+        result = orjson.loads(orjson.dumps(acc.cached_result()))
+        return _accepted(services().jobs.store_completed(acc.req.model_id, result), status="succeeded")
+    job_id, _ = _submit(acc, wait=False)
     return _accepted(job_id)
 
 
