@@ -160,6 +160,17 @@ def plot(rows: list[dict], ceiling: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def cpu_model() -> str:
+    """The processor's name (figures differ several-fold between hosts of the same size)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def report(rows: list[dict], ceiling: dict, args, started: str) -> str:
     on = {r["clients"]: r for r in rows if r["config"] == "on"}
     off = {r["clients"]: r for r in rows if r["config"] == "off"}
@@ -168,7 +179,7 @@ def report(rows: list[dict], ceiling: dict, args, started: str) -> str:
     lines = [
         "# Benchmark results",
         "",
-        f"`python -m bench --duration {args.duration:g}` on {started}: {platform.node()}, "
+        f"`python -m bench --duration {args.duration:g}` on {started}: {platform.node()}, {cpu_model()}, "
         f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, Python "
         f"{platform.python_version()}; model `minilm` (all-MiniLM-L6-v2) on the CPU; "
         f"{ceiling['texts']} sampled sentences of `pydoc_data.topics`, mean {ceiling['mean_tokens']:.1f} tokens.",
