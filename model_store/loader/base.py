@@ -34,6 +34,23 @@ class Runner:
     calibration_params: dict = {}
     model = None
 
+    def load_pretrained(self, auto_class, info, device: str, *limits) -> None:
+        """Tokenizer and model from the local directory, in eval mode on `device`.
+
+        `max_length` is the least of the model's and tokenizer's limits and
+        any given `limits`. trust_remote_code stays off: a model directory
+        must not run code.
+        """
+        import torch
+        from transformers import AutoTokenizer
+
+        self._torch = torch
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(info.path, local_files_only=True, trust_remote_code=False)
+        self.model = auto_class.from_pretrained(info.path, local_files_only=True, trust_remote_code=False)
+        self.model.eval().to(self.device)
+        self.max_length = model_max_length(self.tokenizer, self.model.config, *limits)
+
     def memory_bytes(self) -> int:
         """Bytes held by the model's weights and buffers."""
         tensors = list(self.model.parameters()) + list(self.model.buffers())
@@ -55,8 +72,9 @@ def jsonable(value):
     return str(value)
 
 
-def model_max_length(tokenizer, config) -> int:
+def model_max_length(tokenizer, config, *extra) -> int:
+    """The longest input in tokens: the least of the config's, the tokenizer's and `extra` limits."""
     limits = [getattr(config, "max_position_embeddings", None), getattr(config, "n_positions", None),
-              tokenizer.model_max_length if tokenizer.model_max_length < 10**6 else None]
+              tokenizer.model_max_length if tokenizer.model_max_length < 10**6 else None, *extra]
     limits = [v for v in limits if v]
     return min(limits) if limits else 512

@@ -18,24 +18,12 @@ class FeatureExtractionRunner(Runner):
     task = "feature-extraction"
 
     def __init__(self, info: ModelInfo, device: str, task: str | None = None):
-        import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
 
-        self._torch = torch
-        self.device = torch.device(device)
-        # trust_remote_code stays off: a model directory must not run code.
-        self.tokenizer = AutoTokenizer.from_pretrained(info.path, local_files_only=True, trust_remote_code=False)
-        self.model = AutoModel.from_pretrained(info.path, local_files_only=True, trust_remote_code=False)
-        self.model.eval().to(self.device)
-        limits = [
-            info.max_seq_length,
-            getattr(self.model.config, "max_position_embeddings", None),
-            self.tokenizer.model_max_length if self.tokenizer.model_max_length < 10**6 else None,
-        ]
-        self.max_length = min(v for v in limits if v) if any(limits) else 512
+        self.load_pretrained(AutoModel, info, device, info.max_seq_length)
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.calibration_params = {"pooling": "mean"}
         # An ordinary word piece, for timing batches of a given length.

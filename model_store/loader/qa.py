@@ -11,7 +11,7 @@ A context longer than the model takes is cut to fit.
 from __future__ import annotations
 
 from common.errors import ValidationFailed
-from model_store.loader.base import Encoding, Runner, model_max_length
+from model_store.loader.base import Encoding, Runner
 from model_store.store import ModelInfo
 
 
@@ -20,16 +20,9 @@ class QuestionAnsweringRunner(Runner):
     calibration_params = {"top_k": 1}
 
     def __init__(self, info: ModelInfo, device: str, task: str | None = None):
-        import torch
-        from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+        from transformers import AutoModelForQuestionAnswering
 
-        self._torch = torch
-        self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(info.path, local_files_only=True, trust_remote_code=False)
-        self.model = AutoModelForQuestionAnswering.from_pretrained(info.path, local_files_only=True,
-                                                                   trust_remote_code=False)
-        self.model.eval().to(self.device)
-        self.max_length = model_max_length(self.tokenizer, self.model.config)
+        self.load_pretrained(AutoModelForQuestionAnswering, info, device)
 
     def dummy_encoding(self, length: int) -> Encoding:
         item = {"question": "what is it?", "context": " ".join(["the"] * max(1, length - 8))}

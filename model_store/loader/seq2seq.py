@@ -9,7 +9,7 @@ of inputs and answers, per input, what they answered: a list of
 from __future__ import annotations
 
 from common.errors import InputTooLong, ValidationFailed
-from model_store.loader.base import Encoding, Runner, model_max_length
+from model_store.loader.base import Encoding, Runner
 from model_store.store import ModelInfo
 
 SEQ2SEQ_TASKS = {"text2text-generation": "generated_text", "summarization": "summary_text",
@@ -22,18 +22,11 @@ class Seq2SeqRunner(Runner):
     calibration_params = {"max_new_tokens": 8, "do_sample": False}
 
     def __init__(self, info: ModelInfo, device: str, task: str):
-        import torch
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+        from transformers import AutoModelForSeq2SeqLM
 
-        self._torch = torch
         self.task = task
         self.key = SEQ2SEQ_TASKS[task]
-        self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(info.path, local_files_only=True, trust_remote_code=False)
-        self.model = AutoModelForSeq2SeqLM.from_pretrained(info.path, local_files_only=True,
-                                                           trust_remote_code=False)
-        self.model.eval().to(self.device)
-        self.max_length = model_max_length(self.tokenizer, self.model.config)
+        self.load_pretrained(AutoModelForSeq2SeqLM, info, device)
 
     def dummy_encoding(self, length: int) -> Encoding:
         return Encoding(length=length, value=" ".join(["the"] * max(1, length - 2)))
