@@ -150,8 +150,7 @@ class Batcher:
             return True
         model = lane.model
         todo = [i for i in range(len(job.inputs)) if i not in job.prefilled]
-        if job.cacheable:
-            job.cache_keys = [cache_key(model.fingerprint, model.task, item, job.params) for item in job.inputs]
+        job.set_cache_keys(model.fingerprint, model.task)
         with self._cond:
             for index, enc in zip(todo, encodings):
                 key = job.cache_keys[index]
@@ -316,8 +315,7 @@ class Batcher:
                 job.fail(exc if isinstance(exc, ServiceError) else InferenceFailed(str(exc)))
                 failed.append(job)
                 continue
-            if job.cacheable:
-                job.cache_keys = [cache_key(model.fingerprint, model.task, item, job.params) for item in job.inputs]
+            job.set_cache_keys(model.fingerprint, model.task)
             keep += [Item(job, i, enc, enc.length, job.params_key, next(self._seq))
                      for i, enc in zip(todo, encodings)]
         keep.sort(key=lambda it: (it.job.received_at, it.index))

@@ -9,6 +9,7 @@ from datetime import datetime
 
 import orjson
 
+from common.cache import cache_key
 from common.errors import ServiceError, ValidationFailed
 
 
@@ -62,6 +63,11 @@ class Job:
     @property
     def done(self) -> bool:
         return self.cancelled or self.error is not None or self.remaining == 0
+
+    def set_cache_keys(self, fingerprint: str, task: str) -> None:
+        """Key every input under the weights `fingerprint` (left unkeyed when not cacheable)."""
+        if self.cacheable:
+            self.cache_keys = [cache_key(fingerprint, task, item, self.params) for item in self.inputs]
 
     def fail(self, error: ServiceError) -> None:
         if self.error is None:
