@@ -87,7 +87,9 @@ class JobService:
             if coalesce is not None:
                 with self._inflight_lock:  # check and claim in one step: one job per identical request
                     joined = self._inflight.get(coalesce)
-                    if joined is None:
+                    if joined is not None:
+                        joined[1].waiting += 1
+                    else:
                         waiter = self.listener.register(job_id)
                         waiter.coalesce = coalesce
                         self._inflight[coalesce] = (job_id, waiter)
@@ -166,12 +168,19 @@ class JobService:
             self._forget(waiter)
 
     def _forget(self, waiter: Waiter) -> None:
-        self.listener.discard(waiter.job_id)
         key = getattr(waiter, "coalesce", None)
         if key is not None:
             with self._inflight_lock:
+                # Requests that joined share this waiter and may wait longer
+                # (their own options.wait): only the last one to leave may
+                # unregister it, or the others would miss the published
+                # result and answer only from the store's once-a-second recheck.
+                waiter.waiting -= 1
+                if waiter.waiting > 0:
+                    return
                 if self._inflight.get(key, (None,))[0] == waiter.job_id:
                     del self._inflight[key]
+        self.listener.discard(waiter.job_id)
 
     def store_completed(self, model_id: str, result) -> str:
         """A job answered wholly from the cache: recorded as succeeded, nothing queued."""

@@ -39,7 +39,14 @@ class ModelAdmin:
         self._workers = workers
         self._celery = None
         self._lock = threading.Lock()
+        # Every request thread reads the sources (GET /models, and the catalog
+        # on a miss). A cachetools cache is not thread-safe, not even `get`,
+        # which removes expired entries: unguarded, concurrent expiry and
+        # refill raised KeyError('all') and could leave the cache raising on
+        # every later call, until the process restarted.
+        self._sources_lock = threading.Lock()
         self._sources: TTLCache = TTLCache(maxsize=1, ttl=SOURCES_TTL_S)
+        self._sources_generation = 0  # bumped by set_source: a read begun before it is not kept
 
     @property
     def control(self):
@@ -52,14 +59,19 @@ class ModelAdmin:
 
     def sources(self) -> dict[str, str]:
         """model id -> the directory a switch made serve it (cached briefly)."""
-        cached = self._sources.get("all")
+        with self._sources_lock:
+            cached = self._sources.get("all")
+            generation = self._sources_generation
         if cached is None:
+            # Read outside the lock: a slow Redis must not hold up every request thread.
             try:
                 raw = self._redis.hgetall(protocol.MODEL_SOURCES_KEY)
             except (redis.RedisError, OSError):
                 raw = {}
             cached = {k.decode(): v.decode() for k, v in raw.items()}
-            self._sources["all"] = cached
+            with self._sources_lock:
+                if generation == self._sources_generation:  # else a switch came in while we read
+                    self._sources["all"] = cached
         return cached
 
     def source_of(self, model_id: str) -> str:
@@ -73,7 +85,9 @@ class ModelAdmin:
                 self._redis.hset(protocol.MODEL_SOURCES_KEY, model_id, source)
         except (redis.RedisError, OSError) as exc:
             raise BrokerUnavailable(f"cannot record the switch in Redis: {exc}") from None
-        self._sources.clear()
+        with self._sources_lock:
+            self._sources.clear()
+            self._sources_generation += 1
 
     # -- commands ---------------------------------------------------------
 

@@ -29,13 +29,14 @@ RECHECK_S = 1.0
 class Waiter:
     """A request waiting for one job's result."""
 
-    __slots__ = ("job_id", "event", "payload", "coalesce")
+    __slots__ = ("job_id", "event", "payload", "coalesce", "waiting")
 
     def __init__(self, job_id: str):
         self.job_id = job_id
         self.event = threading.Event()
         self.payload: dict | None = None
         self.coalesce: str | None = None  # set when identical requests may join this job
+        self.waiting = 1  # requests waiting on it (those that joined included); see JobService._forget
 
     def deliver(self, payload: dict) -> None:
         self.payload = payload

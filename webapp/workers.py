@@ -22,17 +22,24 @@ class WorkerDirectory:
         self._redis = client
         # A worker is dead after missing three heartbeats in a row.
         self._stale_after = 3 * heartbeat_s + 1.0
-        self._cached: tuple[float, list[dict]] | None = None
+        # (read at, workers, epoch). Request threads share the list: callers
+        # must not change it. `invalidate` (the result-listener thread) starts
+        # a new epoch, so a read made before a registry change and stored
+        # after it is never served: swapping the tuple needs no lock.
+        self._cached: tuple[float, list[dict], object] | None = None
+        self._epoch = object()
 
     def invalidate(self) -> None:
         """Forget the cached registry: the next question reads Redis."""
+        self._epoch = object()
         self._cached = None
 
     def live(self, fresh: bool = False) -> list[dict]:
         """Every worker whose last heartbeat is recent, sorted by name."""
         now = time.monotonic()
+        epoch = self._epoch
         cached = self._cached
-        if not fresh and cached and now - cached[0] < CACHE_S:
+        if not fresh and cached and cached[2] is epoch and now - cached[0] < CACHE_S:
             return cached[1]
         try:
             raw = self._redis.hgetall(WORKERS_KEY)
@@ -48,7 +55,7 @@ class WorkerDirectory:
             if wall - entry.get("updated_at", 0) <= self._stale_after:
                 workers.append(entry)
         workers.sort(key=lambda w: w.get("name", ""))
-        self._cached = (now, workers)
+        self._cached = (now, workers, epoch)
         return workers
 
     def serving(self, model_id: str) -> list[dict]:
