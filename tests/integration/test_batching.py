@@ -1,13 +1,8 @@
 """Batching across jobs: many concurrent jobs, fewer forward passes."""
 
 import concurrent.futures as futures
-import re
-from pydoc_data.topics import topics
 
-from tests.integration.conftest import batch_stats, wait_for_status
-
-TEXT = " ".join(topics.values())
-SENTENCES = [s for s in re.split(r"(?<=[.!?])\s+", TEXT) if 40 < len(s) < 300]
+from tests.helpers import SENTENCES, batch_stats, wait_for_status
 
 
 def test_32_concurrent_predicts_share_forward_passes(api, rdb):

@@ -7,7 +7,7 @@ from pydoc_data.topics import topics
 
 import pytest
 
-from tests.integration.conftest import Worker, batch_stats, long_texts, service_env, wait_for_status
+from tests.helpers import Worker, batch_stats, long_texts, service_env, wait_for_status
 
 TEXT = " ".join(topics.values())
 WORDS = TEXT.split()

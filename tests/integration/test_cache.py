@@ -8,7 +8,7 @@ import uuid
 import pytest
 import requests
 
-from tests.integration.conftest import Webapp, Worker, batch_stats, long_texts, service_env
+from tests.helpers import Webapp, Worker, batch_stats, long_texts, service_env
 from tests.integration.test_predict import close
 
 

@@ -2,7 +2,7 @@
 
 import subprocess
 
-from tests.integration.conftest import PYTHON, ROOT
+from tests.helpers import PYTHON, ROOT
 
 
 def run(*args, model_dir):

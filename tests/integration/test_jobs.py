@@ -1,16 +1,10 @@
 """POST /jobs, GET /jobs/<id>, DELETE /jobs/<id>: the asynchronous side of the API."""
 
 import time
-from pydoc_data.topics import topics
 
 import pytest
 
-from tests.integration.conftest import wait_for_status
-
-# 256 passages of real English, ~1000 characters each (the model reads the
-# first 256 tokens): a job of these keeps the worker busy for seconds.
-_TEXT = " ".join(topics.values())
-LONG = [_TEXT[i:i + 1000] for i in range(0, 256_000, 1000)]
+from tests.helpers import LONG, wait_for_status
 
 
 def submit(api, inputs, **extra):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import PYTHON, ROOT, Worker, service_env
+from tests.helpers import PYTHON, ROOT, Worker, service_env
 from tests.integration.test_predict import SENTENCES, close
 
 

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from model_store.training import load_examples
-from tests.integration.conftest import Worker, batch_stats, long_texts, service_env, wait_for_status
+from tests.helpers import Worker, batch_stats, long_texts, service_env, wait_for_status
 
 TASK_MODELS = ("sentiment_model", "tiny-ner", "tiny-qa", "tiny-fill-mask", "tiny-zero-shot", "tiny-gpt2",
                "tiny-bart", "tiny-summarization", "tiny-translation")

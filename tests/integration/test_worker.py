@@ -7,7 +7,7 @@ import pytest
 from celery import Celery
 
 from common.settings import Settings
-from tests.integration.conftest import PYTHON, ROOT, Worker, service_env, wait_for_status
+from tests.helpers import PYTHON, ROOT, Worker, service_env, wait_for_status
 from webapp import create_app
 
 
