@@ -128,6 +128,12 @@ class InferenceFailed(ServiceError):
     type = "inference_failed"
 
 
+class WorkerLost(InferenceFailed):
+    """Raised when a job's worker died each of the MAX_DELIVERIES times it ran the job."""
+
+    type = "worker_lost"
+
+
 class QueueFull(ServiceError):
     """Raised when a model's queue holds MAX_QUEUE_DEPTH jobs already."""
 

@@ -21,6 +21,9 @@ BATCH_STATS_PREFIX = KEY_PREFIX + "batches:"  # hash per model: batch counters
 REPLY_CHANNEL_PREFIX = KEY_PREFIX + "replies:"  # pub/sub channel per webapp process
 MODEL_SOURCES_KEY = KEY_PREFIX + "model_sources"  # hash: model id -> directory serving it (after a switch)
 AUTOLOAD_KEY_PREFIX = KEY_PREFIX + "autoload:"  # lock per model: one on-demand load at a time
+# Messages no worker could read as a job, newest first (the last DEAD_LETTERS_KEPT).
+DEAD_LETTERS_KEY = KEY_PREFIX + "dead-letters"
+DEAD_LETTERS_KEPT = 1000
 
 # Model states a worker reports in its registry entry.
 LOADING, LOADED, UNLOADING, LOAD_FAILED = "loading", "loaded", "unloading", "error"
@@ -60,37 +63,3 @@ def result_key(job_id: str) -> str:
 
 def batch_stats_key(model_id: str) -> str:
     return BATCH_STATS_PREFIX + model_id
-
-
-# Atomically move queued jobs to running, unless they were cancelled.
-# KEYS: job keys; ARGV[1]: start time. Returns 1 per key that may run,
-# 0 per key that was cancelled. A key that does not exist (a job sent by a
-# plain Celery client, or whose record expired) may run.
-START_JOBS_LUA = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local status = redis.call('HGET', key, 'status')
-  if status == 'cancelled' then
-    out[i] = 0
-  else
-    if status then
-      redis.call('HSET', key, 'status', 'running', 'started_at', ARGV[1])
-    end
-    out[i] = 1
-  end
-end
-return out
-"""
-
-# Cancel a job that has not started. KEYS[1]: job key; ARGV[1]: time.
-# Returns {state, reply_to}: state is the job's status before the call
-# ('queued' means it is now cancelled) or '' when the job is unknown.
-CANCEL_JOB_LUA = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'', ''} end
-local reply_to = redis.call('HGET', KEYS[1], 'reply_to') or ''
-if status == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
-end
-return {status, reply_to}
-"""

@@ -66,6 +66,12 @@ MAX_TIMEOUT_S = 86_400.0
 # broker). Longer than any job may take, or jobs run twice.
 DEFAULT_VISIBILITY_TIMEOUT = 3600
 
+# A job whose worker died each of this many times it ran the job fails with
+# `worker_lost` instead of taking down a worker again (a poison job). A job
+# that was running when its worker died runs alone afterwards, so one
+# poison job does not use up the deliveries of the jobs batched with it.
+DEFAULT_MAX_DELIVERIES = 3
+
 # Models one worker keeps loaded; loading one more unloads the least
 # recently used. Bounded by the device's memory, not by the batcher.
 DEFAULT_MAX_MODELS_PER_WORKER = 4
@@ -101,6 +107,7 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     cache_l1_items: int = DEFAULT_CACHE_L1_ITEMS
     cache_l1_bytes: int = DEFAULT_CACHE_L1_BYTES
@@ -238,6 +245,7 @@ _PARSERS = {
     "max_body_bytes": _int(1024),
     "visibility_timeout": _int(1),
     "heartbeat_s": _float(0.1, 60.0),
+    "max_deliveries": _int(1, 1000),
     "max_new_tokens": _int(1, 100_000),
     "cache_l1_items": _int(1),
     "cache_l1_bytes": _int(1024),

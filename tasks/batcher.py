@@ -19,13 +19,21 @@ import logging
 import threading
 import time
 
+from common import failpoints
 from common.cache import cache_key
-from common.errors import DeadlineExceeded, InferenceFailed, ServiceError
+from common.errors import DeadlineExceeded, InferenceFailed, ServiceError, WorkerLost
+from common.params import validate_parameters
+from model_store.store import default_parameters
 from tasks.costmodel import CALIBRATION_SHAPES, CostModel
 from tasks.jobs import Job
 from tasks.planning import Item, plan_batch, run_isolating
+from tasks.reporting import CANCELLED, FINISHED_ELSEWHERE, KILLS_WORKERS, RUN_ALONE
 
 log = logging.getLogger(__name__)
+
+# A worker holds two batches' worth of items (by its cost model), and at
+# least this many: enough for batching to start whatever the calibration said.
+MIN_HELD_ITEMS = 16
 
 
 class Lane:
@@ -40,6 +48,9 @@ class Lane:
         self.waiting: list[Item] = []  # device thread only
         self.leaders: dict[str, Item] = {}  # cache key -> the item computing it; guarded by the condition
         self.in_hand = 0  # jobs received and not finished
+        self.items_in_hand = 0  # their items still to compute
+        self.length_avg = 32.0  # tokens per item, a moving average (sizes the room for more jobs)
+        self.items_per_job = 1.0  # items to compute per job, a moving average
         self.cost = CostModel()
         self.calibrated = False
 
@@ -55,16 +66,21 @@ class Lane:
 class Batcher:
     """Runs the batches of every model a worker serves, on one device thread."""
 
-    def __init__(self, settings, reporter):
+    def __init__(self, settings, reporter, holder=lambda: "", on_room=lambda: None):
         self.reporter = reporter
         self.max_items = settings.max_batch_size
         self.max_tokens = settings.max_batch_tokens
         self.max_wait_s = settings.max_wait_ms / 1000.0
+        self.max_jobs = settings.worker_prefetch
+        self.max_new_tokens = settings.max_new_tokens
+        self._holder = holder  # -> the holder id jobs are started under (tasks/sources.py)
+        self._on_room = on_room  # called when finished jobs leave room for more (wakes the fetcher)
         self._cond = threading.Condition()
         self._lanes: dict[str, Lane] = {}
         self._actions: list = []  # model changes, run by the device thread between batches
         self._seq = itertools.count()
         self._stopping = False
+        self._unstarted: list[Job] = []  # what stop() hands back
         self._thread = threading.Thread(target=self._loop, name="device-batcher", daemon=True)
 
     def start(self) -> "Batcher":
@@ -129,55 +145,111 @@ class Batcher:
         """Jobs received and not yet finished, all models together."""
         return sum(lane.in_hand for lane in list(self._lanes.values()))
 
+    def in_hand(self, model_id: str) -> int:
+        """Jobs of `model_id` received and not yet finished."""
+        lane = self._lanes.get(model_id)
+        return lane.in_hand if lane is not None else 0
+
+    def room(self, model_id: str) -> int:
+        """How many more jobs of `model_id` to take now: two batches' worth, by the cost model.
+
+        A worker holds no more than it can run soon, so that with several
+        workers none sits idle while another holds a backlog; two batches,
+        so the next one is ready the moment the device is free. Never more
+        than WORKER_PREFETCH jobs in all; at least one job when idle.
+        """
+        lane = self._lanes.get(model_id)
+        if lane is None or not lane.calibrated:
+            return 0
+        lanes = list(self._lanes.values())
+        jobs_room = self.max_jobs - sum(other.in_hand for other in lanes)
+        best = lane.cost.best_batch(max(1, round(lane.length_avg)), self.max_items, self.max_tokens)
+        # A floor, so that a calibration skewed by a busy machine cannot starve batching.
+        items_room = max(2 * best, min(MIN_HELD_ITEMS, 2 * self.max_items)) - lane.items_in_hand
+        if items_room <= 0 or jobs_room <= 0:
+            return 0
+        return min(jobs_room, max(1, int(items_room / max(lane.items_per_job, 1.0))))
+
     def submit(self, job: Job) -> bool:
         """Take a job (consumer thread); False when its model is not served here.
 
         The job's items are tokenized here, on the consumer thread, while
         the device thread runs the current batch.
         """
-        lane = self._lanes.get(job.model_id)
-        if lane is None:
-            return False
-        try:
-            todo_inputs = [item for i, item in enumerate(job.inputs) if i not in job.prefilled]
-            encodings = lane.runner.encode(todo_inputs, job.params)
-        except ServiceError as exc:
-            job.fail(exc)
-        except Exception as exc:  # noqa: BLE001 - a tokenizer crash fails only this job
-            job.fail(InferenceFailed(f"cannot encode the inputs: {type(exc).__name__}: {exc}"))
-        if job.error is not None:
-            self.reporter.finish(lane.model.model_id, [job])
-            return True
-        model = lane.model
-        todo = [i for i in range(len(job.inputs)) if i not in job.prefilled]
-        job.set_cache_keys(model.fingerprint, model.task)
-        with self._cond:
-            for index, enc in zip(todo, encodings):
-                key = job.cache_keys[index]
-                leader = lane.leaders.get(key) if key is not None else None
-                if leader is not None and leader.alive:
-                    leader.targets.append((job, index))  # the same input is in flight: share its pass
+        for _ in range(3):  # again if the model was switched or removed while we encoded
+            lane = self._lanes.get(job.model_id)
+            if lane is None:
+                return False
+            model = lane.model
+            encodings = self._encode(model, job)
+            if job.error is not None:
+                self.reporter.finish(model.model_id, [job])
+                return True
+            todo = [i for i in range(len(job.inputs)) if i not in job.prefilled]
+            job.set_cache_keys(model.fingerprint, model.task)
+            with self._cond:
+                if self._lanes.get(job.model_id) is not lane or lane.model is not model:
                     continue
-                item = Item(job, index, enc, enc.length, job.params_key, next(self._seq), key)
-                if key is not None:
-                    lane.leaders[key] = item
-                lane.incoming.append(item)
-            lane.in_hand += 1
-            self._cond.notify()
+                for index, enc in zip(todo, encodings):
+                    key = job.cache_keys[index]
+                    leader = lane.leaders.get(key) if key is not None else None
+                    if leader is not None and leader.alive and not leader.running:
+                        leader.targets.append((job, index))  # the same input waits: share its pass
+                        continue
+                    item = Item(job, index, enc, enc.length, job.batch_key, next(self._seq), key)
+                    if key is not None:
+                        lane.leaders[key] = item
+                    lane.incoming.append(item)
+                    lane.length_avg += 0.05 * (enc.length - lane.length_avg)
+                job.todo = len(todo)
+                lane.in_hand += 1
+                lane.items_in_hand += job.todo
+                lane.items_per_job += 0.05 * (job.todo - lane.items_per_job)
+                self._cond.notify()
+            break
+        else:
+            return False
         if not todo:  # everything came prefilled from the webapp's cache
             self._finish(lane, [job])
         return True
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Finish the batch in flight, then stop; unstarted jobs stay unacknowledged.
+    def _encode(self, model, job: Job) -> list:
+        """The job's items tokenized for `model` (the job fails on a bad input)."""
+        try:
+            # The webapp validated them; a message from another client may not have been.
+            validate_parameters(model.task, job.params, default_parameters(model.info, model.task),
+                                self.max_new_tokens)
+            todo_inputs = [item for i, item in enumerate(job.inputs) if i not in job.prefilled]
+            return model.runner.encode(todo_inputs, job.params)
+        except ServiceError as exc:
+            job.fail(exc)
+        except Exception as exc:  # noqa: BLE001 - a tokenizer crash fails only this job
+            job.fail(InferenceFailed(f"cannot encode the inputs: {type(exc).__name__}: {exc}"))
+        return []
 
-        Their messages go back to the queue when the worker's broker
-        connection closes, so another worker (or this one, restarted) runs them.
+    def stop(self, timeout: float = 30.0) -> list[Job]:
+        """Finish the batch in flight and the jobs already started, then stop.
+
+        Returns the jobs not started, for the caller to hand back to their
+        queues at once (a warm shutdown).
         """
         with self._cond:
             self._stopping = True
             self._cond.notify()
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("the batch in flight did not finish within %.0fs", timeout)
+            return []
+        return self._unstarted
+
+    def drop_unstarted(self, which, timeout: float = 300.0) -> int:
+        """Forget the jobs not yet started for which `which(job)` is true; how many.
+
+        Their messages went back to the queue without this worker (it was
+        declared dead, or its broker connection dropped): another worker
+        runs them, so this one must not.
+        """
+        return self._on_device(lambda: self._drop(which), timeout) or 0
 
     # -- the device thread -----------------------------------------------
 
@@ -189,7 +261,7 @@ class Batcher:
                 ):
                     self._cond.wait()
                 if self._stopping:
-                    return
+                    break
                 actions, self._actions = self._actions, []
                 for lane in self._lanes.values():
                     if lane.incoming:
@@ -213,6 +285,13 @@ class Batcher:
             except Exception:  # noqa: BLE001 - the loop must survive anything
                 log.exception("batching round failed; continuing")
                 time.sleep(0.1)
+        # Stopping: finish what was started, hand over the rest.
+        self._unstarted = []
+        for model_id in list(self._lanes):
+            try:
+                self._unstarted += self._remove(model_id)
+            except Exception:  # noqa: BLE001 - the other lanes still stop cleanly
+                log.exception("could not finish the started jobs of %s", model_id)
 
     def _calibrate(self, lane: Lane) -> None:
         """Time a few batch shapes so the planner knows this model on this device.
@@ -286,6 +365,26 @@ class Batcher:
             lane.in_hand -= len(unstarted)
         return unstarted
 
+    def _drop(self, which) -> int:
+        """Device thread: forget the unstarted jobs `which` picks, in every lane."""
+        dropped = 0
+        for lane in list(self._lanes.values()):
+            with self._cond:
+                lane.waiting.extend(lane.incoming)
+                lane.incoming = []
+            gone = [job for job in dict.fromkeys(j for it in lane.waiting for j in it.jobs())
+                    if job.started_at is None and not job.done and which(job)]
+            for job in gone:
+                job.skipped = True  # done here: no result, no ack (its message is back in the queue)
+            dead = [it for it in lane.waiting if not it.alive]
+            self._forget(lane, dead)
+            lane.waiting = [it for it in lane.waiting if it.alive]
+            with self._cond:
+                lane.in_hand -= len(gone)
+                lane.items_in_hand -= sum(job.todo for job in gone)
+            dropped += len(gone)
+        return dropped
+
     def _replace(self, model):
         """Device thread: calibrate the new version, swap it in, re-encode what waits."""
         lane = self._lanes.get(model.model_id)
@@ -328,7 +427,7 @@ class Batcher:
         """The lane whose oldest waiting item is oldest: no model starves another."""
         best, best_seq = None, None
         now = time.time()
-        for lane in self._lanes.values():
+        for lane in list(self._lanes.values()):
             expired = [job for job in dict.fromkeys(j for it in lane.waiting for j in it.jobs())
                        if job.expires_at is not None and job.started_at is None and now > job.expires_at
                        and not job.done]
@@ -358,17 +457,14 @@ class Batcher:
         return True
 
     def _run(self, lane: Lane, batch: list[Item]) -> None:
-        fresh = [job for job in dict.fromkeys(j for it in batch for j in it.jobs()) if job.started_at is None]
-        if fresh:
-            cancelled = self.reporter.start(fresh)
-            if cancelled:
-                self._finish(lane, cancelled)
-                dead = [it for it in batch if not it.alive]
-                if dead:
-                    self._forget(lane, dead)
-                    batch = [it for it in batch if it.alive]
-                if not batch:
-                    return
+        batch = self._start(lane, batch)
+        if not batch:
+            return
+        with self._cond:
+            for it in batch:
+                it.running = True  # a job arriving now gets an item of its own: it must be started too
+        if failpoints.active:
+            failpoints.before_batch([it.job.inputs[it.index] for it in batch])
         params = batch[0].job.params
         runner = lane.runner
         fingerprint = lane.model.fingerprint
@@ -416,6 +512,51 @@ class Batcher:
         self._finish(lane, [job for job in jobs if job.done], batch_size=len(batch), forward_s=elapsed,
                      passes=passes)
 
+    def _start(self, lane: Lane, batch: list[Item]) -> list[Item]:
+        """Mark the batch's new jobs started; the items that may run now, together.
+
+        A job that was started before and never finished (its worker died,
+        maybe of it) runs in a batch of its own, so a poison job takes no
+        other job down with it again; one started MAX_DELIVERIES times fails
+        with worker_lost. Cancelled jobs, and jobs another worker finished,
+        do not run.
+        """
+        fresh = [job for job in dict.fromkeys(j for it in batch for j in it.jobs())
+                 if job.started_at is None and not job.done]
+        if not fresh:
+            return batch
+        verdicts = self.reporter.start(fresh, self._holder())
+        ended = []
+        for job, verdict in zip(fresh, verdicts):
+            if verdict == CANCELLED:
+                job.cancelled = True
+            elif verdict == FINISHED_ELSEWHERE:
+                job.skipped = True
+            elif verdict == KILLS_WORKERS:
+                job.fail(WorkerLost(
+                    f"the worker running this job died each of the {self.reporter.max_deliveries} times it "
+                    "ran it (MAX_DELIVERIES); it is not run again"))
+                log.error("job %s: its worker died each of the %d times it ran it; failed as worker_lost",
+                          job.id, self.reporter.max_deliveries)
+            elif verdict == RUN_ALONE:
+                job.alone = True
+                log.warning("job %s was running when a worker died; it runs alone now", job.id)
+            if job.done:
+                ended.append(job)
+        if ended:
+            self._finish(lane, ended)
+        for it in batch:
+            it.params_key = it.job.batch_key
+        dead = [it for it in batch if not it.alive]
+        if dead:
+            self._forget(lane, dead)
+        batch = [it for it in batch if it.alive]
+        if len({it.params_key for it in batch}) > 1:
+            # Some must run alone now: plan again with their new keys.
+            lane.waiting = sorted(lane.waiting + batch, key=lambda it: it.seq)
+            return []
+        return batch
+
     def _forget(self, lane: Lane, items: list[Item]) -> None:
         """Items no job wants any more leave the table of shareable items."""
         with self._cond:
@@ -428,3 +569,5 @@ class Batcher:
         if jobs:
             with self._cond:
                 lane.in_hand -= len(jobs)
+                lane.items_in_hand -= sum(job.todo for job in jobs)
+            self._on_room()

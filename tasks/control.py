@@ -52,6 +52,6 @@ def loaded_models(state, **_):
     for model in serving.registry.loaded().values():
         out[model.model_id] = {"task": model.task, "source": model.source, "fingerprint": model.fingerprint,
                                "device": model.device, "state": serving.manager.state_of(model.model_id)}
-    for model_id, info in serving.manager.states.items():
+    for model_id, info in list(serving.manager.states.items()):
         out.setdefault(model_id, dict(info))
     return out

@@ -1,7 +1,10 @@
 """The worker's entry in the registry the webapp reads (WORKERS_KEY).
 
 Every few seconds the worker writes what it serves; the webapp treats an
-entry older than three intervals as a dead worker.
+entry older than three intervals as a dead worker. After each beat the
+worker's own periodic duties run on this thread too (`on_tick`: the
+delivery heartbeat, looking for dead workers, converging on the models it
+should serve).
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ log = logging.getLogger(__name__)
 class Heartbeat:
     """Refreshes this worker's registry entry on a background thread."""
 
-    def __init__(self, redis_url: str, name: str, interval: float, state):
+    def __init__(self, redis_url: str, name: str, interval: float, state, on_tick=lambda: None):
         self._redis = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
         self.name = name
         self.interval = interval
         self._state = state  # callable -> dict
+        self._on_tick = on_tick
         self._stop = threading.Event()
         self._poke = threading.Event()
         self._last_serving = None
@@ -42,7 +46,11 @@ class Heartbeat:
 
     def beat(self) -> None:
         """Write the entry now (also after a model is loaded or unloaded)."""
-        state = self._state()
+        try:
+            state = self._state()
+        except Exception:  # noqa: BLE001 - a missed beat is better than a dead heartbeat thread
+            log.exception("cannot describe this worker for its heartbeat")
+            return
         entry = dict(state, name=self.name, updated_at=time.time())
         serving = json.dumps([state.get("models"), state.get("changing")], sort_keys=True)
         try:
@@ -72,5 +80,10 @@ class Heartbeat:
         while not self._stop.is_set():
             self._poke.wait(self.interval)
             self._poke.clear()
-            if not self._stop.is_set():
-                self.beat()
+            if self._stop.is_set():
+                break
+            self.beat()
+            try:
+                self._on_tick()
+            except Exception:  # noqa: BLE001 - the heartbeat must survive anything
+                log.exception("periodic worker duty failed")

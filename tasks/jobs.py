@@ -10,7 +10,9 @@ from datetime import datetime
 import orjson
 
 from common.cache import cache_key
+from common.envelope import Envelope
 from common.errors import ServiceError, ValidationFailed
+from common.protocol import INFER_TASK
 
 
 class InvalidJob(Exception):
@@ -31,9 +33,10 @@ class Job:
     params: dict
     is_list: bool
     reply_to: str | None = None
-    message: object = None
-    ack: object = None
-    reject: object = None
+    message: Envelope | None = None
+    source: object = None  # the JobSource it came from (tasks/sources.py): it acks and hands back
+    tag: object = None  # its delivery there: a Redis delivery tag, or kombu's message
+    holder: str | None = None  # the holder that fetched it (Redis broker)
     received_at: float = field(default_factory=time.time)
     expires_at: float | None = None  # Celery's `expires`: drop the job unrun after this
     started_at: float | None = None
@@ -41,7 +44,10 @@ class Job:
     remaining: int = 0
     error: ServiceError | None = None
     cancelled: bool = False
+    skipped: bool = False  # another worker stored its result already: acked, not run, not stored
+    alone: bool = False  # started before and never finished: runs in a batch of its own
     largest_batch: int = 0
+    todo: int = 0  # items the worker computes (not prefilled)
     forward_s: float = 0.0
     use_cache: bool = True  # write the outputs to the response cache
     prefilled: dict = field(default_factory=dict)  # index -> output the webapp had cached
@@ -62,7 +68,12 @@ class Job:
 
     @property
     def done(self) -> bool:
-        return self.cancelled or self.error is not None or self.remaining == 0
+        return self.cancelled or self.skipped or self.error is not None or self.remaining == 0
+
+    @property
+    def batch_key(self) -> str:
+        """Items share a batch only with equal keys: equal parameters, and never a job running alone."""
+        return f"{self.params_key}|alone:{self.id}" if self.alone else self.params_key
 
     def set_cache_keys(self, fingerprint: str, task: str) -> None:
         """Key every input under the weights `fingerprint` (left unkeyed when not cacheable)."""
@@ -87,35 +98,71 @@ class Job:
         }
 
 
-def job_from_message(message, **extra) -> Job:
-    """Read a task message of `tasks.infer`; raise InvalidJob when it is not one."""
-    headers = message.headers or {}
-    job_id = headers.get("id")
+_ARG_NAMES = ("model_id", "inputs", "parameters", "is_list", "use_cache", "prefilled")
+
+
+def job_from_envelope(message: Envelope, **extra) -> Job:
+    """Read a task message of `tasks.infer`; raise InvalidJob when it is not one.
+
+    Any message a client can put on a queue ends here as a Job or as
+    InvalidJob, never as another exception: a worker must not die of a
+    message (Celery would restore it, and it would kill the next worker).
+    """
+    job_id = message.job_id
+    try:
+        return _read(message, job_id, extra)
+    except InvalidJob:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the shape, the message is refused, not fatal
+        raise InvalidJob(job_id, f"unreadable job: {type(exc).__name__}: {exc}") from None
+
+
+def _read(message: Envelope, job_id: str | None, extra: dict) -> Job:
+    headers = message.headers
     if not job_id:
         raise InvalidJob(None, "task message has no id")
+    if headers.get("task") not in (None, INFER_TASK):
+        raise InvalidJob(job_id, f"task {headers.get('task')!r} is not {INFER_TASK}")
     # JSON only: a message in any other format (pickle) is refused unread.
     if message.content_type != "application/json":
         raise InvalidJob(job_id, f"cannot decode the message body: content type {message.content_type!r} "
                                  "is not accepted (JSON only)")
     try:
-        args, kwargs, _embed = orjson.loads(message.body)
+        body = orjson.loads(message.body)
     except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
         raise InvalidJob(job_id, f"cannot decode the message body: {exc}") from None
-    names = ("model_id", "inputs", "parameters", "is_list", "use_cache", "prefilled")
-    if len(args) > len(names):
-        raise InvalidJob(job_id, f"tasks.infer takes at most {len(names)} arguments")
-    call = dict(zip(names, args))
-    call.update(kwargs or {})
-    unknown = set(call) - set(names)
+    if not isinstance(body, list) or len(body) != 3:
+        raise InvalidJob(job_id, "the message body must be [args, kwargs, embed]")
+    args, kwargs, _embed = body
+    if not isinstance(args, list):
+        raise InvalidJob(job_id, "the task's args must be a list")
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict):
+        raise InvalidJob(job_id, "the task's kwargs must be an object")
+    if len(args) > len(_ARG_NAMES):
+        raise InvalidJob(job_id, f"tasks.infer takes at most {len(_ARG_NAMES)} arguments")
+    call = dict(zip(_ARG_NAMES, args))
+    unknown = set(kwargs) - set(_ARG_NAMES)
     if unknown:
-        raise InvalidJob(job_id, f"unknown argument(s): {', '.join(sorted(unknown))}")
+        raise InvalidJob(job_id, f"unknown argument(s): {', '.join(sorted(map(str, unknown)))}")
+    twice = set(call) & set(kwargs)
+    if twice:
+        raise InvalidJob(job_id, f"argument(s) given twice: {', '.join(sorted(twice))}")
+    call.update(kwargs)
     model_id, inputs = call.get("model_id"), call.get("inputs")
-    params = call.get("parameters") or {}
+    params = call.get("parameters")
+    if params is None:
+        params = {}
     if not isinstance(model_id, str) or not model_id:
         raise InvalidJob(job_id, "model_id must be a non-empty string")
     is_list = call.get("is_list")
     if is_list is None:
         is_list = isinstance(inputs, list)
+    if not isinstance(is_list, bool):
+        raise InvalidJob(job_id, "is_list must be true or false")
+    if inputs is None:
+        raise InvalidJob(job_id, "inputs is required")
     if not isinstance(inputs, list):
         inputs = [inputs]
     if not inputs:
@@ -123,22 +170,28 @@ def job_from_message(message, **extra) -> Job:
     if not isinstance(params, dict):
         raise InvalidJob(job_id, "parameters must be an object")
     use_cache = call.get("use_cache", True)
+    if not isinstance(use_cache, bool):
+        raise InvalidJob(job_id, "use_cache must be true or false")
     prefilled = call.get("prefilled") or {}
+    if not isinstance(prefilled, dict):
+        raise InvalidJob(job_id, "prefilled must map input indexes to outputs")
     try:
         prefilled = {int(k): v for k, v in prefilled.items()}
-    except (AttributeError, TypeError, ValueError):
+    except (TypeError, ValueError):
         raise InvalidJob(job_id, "prefilled must map input indexes to outputs") from None
     if any(not 0 <= k < len(inputs) for k in prefilled):
         raise InvalidJob(job_id, "prefilled names an input that does not exist")
-    reply_to = (message.properties or {}).get("reply_to") or None
+    reply_to = message.properties.get("reply_to") or None
+    if reply_to is not None and not isinstance(reply_to, str):
+        raise InvalidJob(job_id, "reply_to must be a string")
     expires_at = None
     if headers.get("expires"):
         try:
             expires_at = datetime.fromisoformat(headers["expires"]).timestamp()
         except (TypeError, ValueError):
             raise InvalidJob(job_id, f"expires is not an ISO 8601 time: {headers['expires']!r}") from None
-    return Job(id=job_id, model_id=model_id, inputs=inputs, params=params, is_list=bool(is_list),
-               reply_to=reply_to, message=message, expires_at=expires_at, use_cache=bool(use_cache),
+    return Job(id=job_id, model_id=model_id, inputs=inputs, params=params, is_list=is_list,
+               reply_to=reply_to, message=message, expires_at=expires_at, use_cache=use_cache,
                prefilled=prefilled, **extra)
 
 

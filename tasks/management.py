@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import logging
 import queue
 import threading
+import time
 
 import psutil
 import redis
 
 from common import protocol
 from common.errors import ModelNotFound, ServiceError
-from common.protocol import queue_for
+from common.placement import Placement
 
 log = logging.getLogger(__name__)
 
-# How long the manager waits for the consumer thread to add or cancel a queue.
-CONSUMER_STEP_S = 30.0
 
 
 def rss_bytes() -> int:
@@ -64,6 +64,14 @@ class ModelManager:
         self.memory: dict[str, dict] = {}  # model_id -> memory readings around its last load/unload
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._sources = redis.Redis.from_url(serving.settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+        self.placement = Placement(self._sources)
+        self.name = serving.consumer.hostname
+        self._pending = 0  # requests queued or running on the manager thread
+        self._pending_lock = threading.Lock()
+        # Starting and stopping to consume a model's queue happen in the order
+        # their decisions were made (a load's calibration ends on the device
+        # thread, an unload runs on the manager thread).
+        self._serve_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="model-manager", daemon=True)
 
     def start(self) -> "ModelManager":
@@ -76,8 +84,9 @@ class ModelManager:
     # -- requests (any thread; control commands call these) ---------------
 
     def state_of(self, model_id: str) -> str | None:
-        if model_id in self.states:
-            return self.states[model_id]["state"]
+        change = self.states.get(model_id)  # one read: other threads pop entries
+        if change is not None:
+            return change["state"]
         if self.serving.batcher.serves(model_id):
             return protocol.LOADED
         return None
@@ -87,13 +96,16 @@ class ModelManager:
         if state in (protocol.LOADED, protocol.LOADING):
             return {"ok": f"{model_id}: {state}", "model_id": model_id, "state": state}
         if not self.serving.registry.store.exists(self.source_of(model_id)):
+            self._placement(lambda: self.placement.drop(self.name, model_id))
             return {"error": f"model {model_id!r} is not in the store", "model_id": model_id}
+        self._placement(lambda: self.placement.want(self.name, model_id, task))
         self.states[model_id] = {"state": protocol.LOADING}
         self.serving.heartbeat_poke()
-        self._queue.put((self._load, model_id, task))
+        self._submit(self._load, model_id, task)
         return {"ok": f"{model_id}: loading", "model_id": model_id, "state": protocol.LOADING}
 
     def request_unload(self, model_id: str) -> dict:
+        self._placement(lambda: self.placement.drop(self.name, model_id))
         state = self.state_of(model_id)
         if state is None or state == protocol.LOAD_FAILED:
             self.states.pop(model_id, None)
@@ -101,7 +113,7 @@ class ModelManager:
         if state != protocol.UNLOADING:
             self.states[model_id] = {"state": protocol.UNLOADING}
             self.serving.heartbeat_poke()
-            self._queue.put((self._unload, model_id))
+            self._submit(self._unload, model_id)
         return {"ok": f"{model_id}: unloading", "model_id": model_id, "state": protocol.UNLOADING}
 
     def request_switch(self, model_id: str, source: str) -> dict:
@@ -109,8 +121,48 @@ class ModelManager:
             return {"error": f"model {source!r} is not in the store", "model_id": model_id}
         if self.state_of(model_id) is None:
             return {"ok": f"{model_id}: not loaded here", "model_id": model_id, "state": "unloaded"}
-        self._queue.put((self._switch, model_id, source))
+        self._submit(self._switch, model_id, source)
         return {"ok": f"{model_id}: switching to {source}", "model_id": model_id, "state": "switching"}
+
+    def reconcile(self) -> None:
+        """Converge on this worker's placement (heartbeat thread, every few beats).
+
+        Loads what it should serve and does not, unloads what it serves and
+        should not, follows a switch it missed. Nothing while a change is
+        under way; a missing placement is recorded from what is served.
+        """
+        if self._pending or any(c.get("state") != protocol.LOAD_FAILED for c in list(self.states.values())):
+            return
+        try:
+            wanted = self.placement.of(self.name)
+        except (redis.RedisError, OSError):
+            return
+        loaded = self.serving.registry.loaded()
+        if wanted is None:
+            self._placement(lambda: self.placement.record(self.name, {m: model.task for m, model in loaded.items()}))
+            return
+        for model_id, task in wanted.items():
+            if model_id not in loaded and model_id not in self.states:
+                log.info("placement: %s should serve %s; loading it", self.name, model_id)
+                self.request_load(model_id, task)
+        for model_id, model in loaded.items():
+            if model_id not in wanted:
+                log.info("placement: %s should no longer serve %s; unloading it", self.name, model_id)
+                self.request_unload(model_id)
+            elif self.source_of(model_id) != model.source:
+                log.info("placement: %s is served from %s now; switching", model_id, self.source_of(model_id))
+                self.request_switch(model_id, self.source_of(model_id))
+
+    def _submit(self, action, *args) -> None:
+        with self._pending_lock:
+            self._pending += 1
+        self._queue.put((action, *args))
+
+    def _placement(self, write) -> None:
+        try:
+            write()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("could not record the placement of %s: %s", self.name, exc)
 
     def source_of(self, model_id: str) -> str:
         """The directory serving `model_id`: itself, or what a switch named."""
@@ -132,6 +184,9 @@ class ModelManager:
                 action(*args)
             except Exception:  # noqa: BLE001 - the manager must survive anything
                 log.exception("%s%s failed", action.__name__, tuple(args))
+            finally:
+                with self._pending_lock:
+                    self._pending -= 1
 
     def _load(self, model_id: str, task: str | None) -> None:
         serving = self.serving
@@ -149,7 +204,9 @@ class ModelManager:
             self._failed(model_id, f"{type(exc).__name__}: {exc}")
 
     def _failed(self, model_id: str, reason: str) -> None:
+        log.error("cannot load %s: %s", model_id, reason)
         self.states[model_id] = {"state": protocol.LOAD_FAILED, "error": reason}
+        self._placement(lambda: self.placement.drop(self.name, model_id))  # not retried by reconcile
         self.serving.heartbeat_poke()
 
     def _ready(self, model_id: str) -> None:
@@ -161,18 +218,22 @@ class ModelManager:
         log.info("%s ready on %s: RSS %+.1f MB", model_id, self.serving.device,
                  (record["rss_after_load"] - record.get("rss_before_load", record["rss_after_load"])) / 1e6)
 
-        def start_consuming():
-            self.serving.consumer.add_task_queue(queue_for(model_id))
+        with self._serve_lock:
+            # An unload asked for while it calibrated wins: do not consume its queue.
+            if self.states.get(model_id, {}).get("state") != protocol.LOADING:
+                return
+            self.serving.source.serve(model_id)
             self.states.pop(model_id, None)
-            self.serving.heartbeat_poke()
-
-        self.serving.consumer.call_soon(start_consuming)
+        self.serving.heartbeat_poke()
 
     def _unload(self, model_id: str) -> None:
         serving = self.serving
-        self._on_consumer(lambda: serving.consumer.cancel_task_queue(queue_for(model_id)))
-        for job in serving.batcher.remove_model(model_id):
-            self._on_consumer(lambda job=job: job.reject(log, serving.consumer.connection_errors, True))
+        with self._serve_lock:
+            serving.source.unserve(model_id)  # no job of it arrives after this
+        unstarted = serving.batcher.remove_model(model_id)
+        if unstarted:
+            serving.source.hand_back(unstarted)
+            log.info("unloading %s: %d job(s) not started are back in its queue", model_id, len(unstarted))
         before = rss_bytes()
         old = serving.registry.unload(model_id)
         del old
@@ -213,27 +274,43 @@ class ModelManager:
         serving.heartbeat_poke()
 
     def _make_room(self, model_id: str) -> None:
-        """Unload the least recently used model when this one would pass MAX_MODELS_PER_WORKER."""
+        """Past MAX_MODELS_PER_WORKER, unload the least recently used model that nothing waits for.
+
+        A model with jobs in hand, or jobs in its queue that no other live
+        worker would take, is never evicted: its jobs would wait for a
+        worker that does not come. When every loaded model is in that
+        state, the load fails with the reason.
+        """
         loaded = self.serving.registry.loaded()
         cap = self.serving.settings.max_models_per_worker
         if model_id in loaded or len(loaded) < cap:
             return
         last_used = self.serving.batcher.last_used()
-        victim = min(loaded, key=lambda m: last_used.get(m, 0.0))
+        idle = [m for m in loaded if self.serving.batcher.in_hand(m) == 0 and not self._stranded_without(m)]
+        if not idle:
+            raise ServiceError(f"MAX_MODELS_PER_WORKER={cap} models are loaded on this worker and each has jobs "
+                               "waiting that no other worker serves; unload one, or start another worker")
+        victim = min(idle, key=lambda m: last_used.get(m, 0.0))
         log.info("MAX_MODELS_PER_WORKER=%d: unloading %s, the least recently used, to load %s", cap, victim, model_id)
+        self._placement(lambda: self.placement.drop(self.name, victim))
         self.states[victim] = {"state": protocol.UNLOADING}
         self._unload(victim)
 
-    def _on_consumer(self, fn) -> None:
-        """Run `fn` on the consumer thread (which owns the broker connection) and wait for it."""
-        done = threading.Event()
-
-        def run():
+    def _stranded_without(self, model_id: str) -> bool:
+        """Would jobs wait with no consumer if this worker unloaded `model_id`?"""
+        if not self.serving.source.waiting(model_id):
+            return False
+        try:
+            entries = self._sources.hgetall(protocol.WORKERS_KEY)
+        except (redis.RedisError, OSError):
+            return True
+        fresh_after = time.time() - 3 * self.serving.settings.heartbeat_s - 1
+        for name, raw in entries.items():
             try:
-                fn()
-            finally:
-                done.set()
-
-        self.serving.consumer.call_soon(run)
-        if not done.wait(CONSUMER_STEP_S):
-            log.warning("the consumer thread did not run a step within %.0fs", CONSUMER_STEP_S)
+                entry = json.loads(raw)
+            except ValueError:
+                continue
+            if (name.decode() != self.name and entry.get("updated_at", 0) > fresh_after
+                    and model_id in entry.get("models", {})):
+                return False
+        return True

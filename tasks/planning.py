@@ -13,7 +13,7 @@ class Item:
     flight together share one item (and one forward pass).
     """
 
-    __slots__ = ("job", "index", "encoding", "length", "params_key", "seq", "key", "targets")
+    __slots__ = ("job", "index", "encoding", "length", "params_key", "seq", "key", "targets", "running")
 
     def __init__(self, job, index: int, encoding, length: int, params_key: str, seq: int, key=None):
         self.job = job
@@ -24,6 +24,7 @@ class Item:
         self.seq = seq  # arrival order on this worker
         self.key = key  # cache key, when the item may be shared
         self.targets = [(job, index)]
+        self.running = False  # in a batch already: no job may join it any more
 
     def jobs(self):
         return [job for job, _ in self.targets]

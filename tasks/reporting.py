@@ -1,19 +1,16 @@
 """Storing each job's result, acknowledging its message, sending its events.
 
 The device thread hands finished jobs to a reporter thread and goes on
-with the next batch. The reporter writes the results of all jobs a batch
-finished in one Redis round trip, in the exact format of Celery's Redis
-result backend (any Celery client can read them), and publishes each on
-the reply channel of the webapp process waiting for it. Only then are the
-messages acknowledged: a worker that dies before that loses no job.
+with the next batch. The reporter stores the results of all jobs a batch
+finished with one script (common/lua/store_results.lua), in the exact
+format of Celery's Redis result backend (any Celery client can read them),
+and publishes each on the reply channel of the webapp process waiting for
+it. Only then are the messages acknowledged — in the same script when the
+broker is that same Redis — so a worker that dies before that loses no job.
 
-With the usual setup (broker and results in one Redis) the acks go into
-the same MULTI/EXEC as the results: kombu's Redis transport acknowledges a
-message by removing it from its `unacked` hash and index, so the reporter
-does exactly that, then clears kombu's in-memory record the way its own
-ack does. One round trip per batch instead of one per job, off the
-consumer thread. Otherwise messages are acked one by one through the
-consumer thread, which owns the broker connection.
+The first result stored for a job id wins: a worker that was declared dead
+(paused past its heartbeats) and comes back cannot overwrite the result of
+the worker that ran the job meanwhile; its late result is dropped.
 
 Task events (received, started, succeeded, failed, revoked) go through the
 reporter's own event dispatcher, buffered and published as one
@@ -33,38 +30,41 @@ from datetime import datetime, timezone
 
 import orjson
 import redis
-from kombu.transport import virtual
 
-from common import protocol
+from common import lua, protocol
+from common.deliveries import deliveries_key
 from common.errors import ServiceError
 from tasks.jobs import Job
 
 log = logging.getLogger(__name__)
 
 _REDIS_ERRORS = (redis.RedisError, OSError)
-# How long the reporter keeps retrying a result write while Redis is down
-# before giving the jobs back to the queue (reject + requeue).
-STORE_RETRY_S = 60.0
+# Once the worker is stopping, how long the reporter still retries a
+# result write while Redis is down. Until then it retries for as long as
+# it takes: the jobs stay held (not acked), so none is lost either way.
+STOP_RETRY_S = 10.0
 # Events are published at most this long after they happen.
 EVENT_FLUSH_S = 0.05
+
+# What start_jobs.lua says of each job, just before its batch runs.
+RUN, RUN_ALONE, CANCELLED, FINISHED_ELSEWHERE, KILLS_WORKERS = 1, 2, 0, -1, -2
 
 
 class Reporter:
     """Writes results, acks messages and sends task events, on its own thread."""
 
-    def __init__(self, settings, consumer, task_name: str = protocol.INFER_TASK):
+    def __init__(self, settings, consumer, source, task_name: str = protocol.INFER_TASK):
         self.ttl = settings.result_ttl
         self.cache_ttl = settings.cache_ttl
+        self.max_deliveries = settings.max_deliveries
         self.redis = redis.Redis.from_url(settings.result_backend, socket_connect_timeout=2, socket_timeout=10)
-        self._start_jobs = self.redis.register_script(protocol.START_JOBS_LUA)
-        # Acks can join the result writes when the broker is this same Redis.
-        self._acks_in_pipeline = settings.broker_url == settings.result_backend and settings.broker_url.startswith(
-            ("redis://", "rediss://", "unix://"))
-        self._consumer = consumer
+        self._start_jobs = self.redis.register_script(lua.source("start_jobs"))
+        self._store_results = self.redis.register_script(lua.source("store_results"))
+        self.source = source  # acks and hands back the jobs it delivered (tasks/sources.py)
         self._task_name = task_name
-        self._on_consumer: deque = deque()  # (kind, job) for the consumer thread
         self._events: deque = deque()  # (type, timestamp, fields) to publish
         self._finished: queue.SimpleQueue = queue.SimpleQueue()
+        self._stopping = threading.Event()
         eventer = consumer.event_dispatcher
         self._send_events = bool(eventer is not None and eventer.enabled)
         self._dispatcher = None
@@ -77,7 +77,7 @@ class Reporter:
         self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
         self._thread.start()
 
-    # -- called on the consumer and device threads -------------------------
+    # -- called on the fetcher, consumer and device threads ---------------
 
     def received(self, job: Job) -> None:
         """A job arrived (its task-received event)."""
@@ -90,22 +90,22 @@ class Reporter:
                 retries=headers.get("retries", 0), eta=None, expires=headers.get("expires"),
             )))
 
-    def start(self, jobs: list[Job]) -> list[Job]:
-        """Mark jobs running; return those cancelled before they started (device thread)."""
+    def start(self, jobs: list[Job], holder: str) -> list[int]:
+        """Mark jobs running just before their batch (device thread); one verdict per job.
+
+        RUN or RUN_ALONE: the job may run (started_at is set); CANCELLED,
+        FINISHED_ELSEWHERE, KILLS_WORKERS: it must not (start_jobs.lua).
+        """
         now = time.time()
-        flags = self._retrying(
-            lambda: self._start_jobs(keys=[protocol.job_key(j.id) for j in jobs], args=[repr(now)])
-        )
-        cancelled = []
-        for job, may_run in zip(jobs, flags or [1] * len(jobs)):
-            if may_run:
+        verdicts = self._retrying(lambda: self._start_jobs(
+            keys=[protocol.job_key(j.id) for j in jobs], args=[repr(now), holder, self.max_deliveries, self.ttl]))
+        verdicts = [int(v) for v in verdicts] if verdicts is not None else [RUN] * len(jobs)
+        for job, verdict in zip(jobs, verdicts):
+            if verdict in (RUN, RUN_ALONE):
                 job.started_at = now
                 if self._send_events:
                     self._events.append(("task-started", now, {"uuid": job.id}))
-            else:
-                job.cancelled = True
-                cancelled.append(job)
-        return cancelled
+        return verdicts
 
     def finish(self, model_id: str, jobs: list[Job], batch_size: int = 0, forward_s: float = 0.0,
                passes: int = 0) -> None:
@@ -114,6 +114,7 @@ class Reporter:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Write what was handed over, publish pending events, stop the thread."""
+        self._stopping.set()
         self._finished.put(None)
         self._thread.join(timeout)
 
@@ -139,46 +140,42 @@ class Reporter:
                now: float) -> None:
         """Store results and batch statistics, ack the messages, queue the events."""
         date_done = datetime.now(timezone.utc).isoformat()
-        writes = []
+        args = []
+        written = []
         for job in jobs:
-            if job.cancelled:
-                continue  # the webapp stored the cancellation when it made it
+            if job.cancelled or job.skipped:
+                continue  # the cancellation, or another worker's result, is stored already
             meta_json = orjson.dumps(self._meta(job, date_done))
-            reply = None
+            channel, reply = "", b""
             if job.reply_to and job.reply_to.startswith(protocol.REPLY_CHANNEL_PREFIX):
                 # The same document plus the job's timings and cache keys, without encoding the result twice.
                 extra = {"timings": job.timings(now)}
                 if job.error is None and job.cacheable and self.cache_ttl:
                     extra["cache_keys"] = job.cache_keys
-                reply = meta_json[:-1] + b"," + orjson.dumps(extra)[1:]
-            writes.append((job, meta_json, reply))
+                channel, reply = job.reply_to, meta_json[:-1] + b"," + orjson.dumps(extra)[1:]
+            status = protocol.SUCCEEDED if job.error is None else protocol.FAILED
+            args += [protocol.result_key(job.id), meta_json, protocol.job_key(job.id), status, channel, reply]
+            written.append(job)
         cached = {}  # cache key -> output, each written once
         if self.cache_ttl:
-            for job in jobs:
-                if job.error is None and not job.cancelled and job.cacheable:
+            for job in written:
+                if job.error is None and job.cacheable:
                     for index, key in enumerate(job.cache_keys):
                         if key is not None and index not in job.prefilled:
                             cached.setdefault(key, job.outputs[index])
-        acks = [job for job in jobs if self._can_ack_here(job)]
+        # Acks go into the same script when the broker is this Redis; one
+        # holder per call (a batch spans two only if the worker's session
+        # was renewed meanwhile): the others are acked after.
+        folded, later = self._split_acks(jobs)
+        holder_key = deliveries_key(folded[0].holder) if folded else ""
+        args = [self.ttl, repr(now), len(written)] + args + [self.cache_ttl or 1, len(cached)]
+        for key, output in cached.items():  # never an error: only succeeded jobs' outputs
+            args += [key, orjson.dumps(output)]
+        args += [holder_key, len(folded)] + [job.tag for job in folded]
 
         def write():
-            with self.redis.pipeline(transaction=bool(acks)) as pipe:
-                for job, meta_json, reply in writes:
-                    key = protocol.result_key(job.id)
-                    pipe.setex(key, self.ttl, meta_json)
-                    pipe.publish(key, meta_json)  # Celery's own result subscribers
-                    if reply is not None:
-                        pipe.publish(job.reply_to, reply)
-                    record = protocol.job_key(job.id)
-                    status = protocol.SUCCEEDED if job.error is None else protocol.FAILED
-                    pipe.hset(record, mapping={"status": status, "finished_at": repr(now)})
-                    pipe.expire(record, self.ttl)
-                for key, output in cached.items():  # never an error: only succeeded jobs' outputs
-                    pipe.setex(key, self.cache_ttl, orjson.dumps(output))
-                for job in acks:  # exactly what kombu's Redis QoS.ack removes
-                    channel, tag = job.message.channel, job.message.delivery_tag
-                    pipe.zrem(channel.unacked_index_key, tag)
-                    pipe.hdel(channel.unacked_key, tag)
+            with self.redis.pipeline(transaction=True) as pipe:
+                self._store_results(args=args, client=pipe)
                 if batch_size:
                     stats = protocol.batch_stats_key(model_id)
                     pipe.hincrby(stats, "batches", 1)
@@ -186,31 +183,36 @@ class Reporter:
                     pipe.hincrby(stats, f"size:{batch_size}", 1)
                     pipe.hincrby(stats, "passes", passes)
                     pipe.hincrbyfloat(stats, "forward_seconds", forward_s)
-                pipe.execute()
-            return True
+                return pipe.execute()[0]
 
-        stored = self._retrying(write, give_up_after=STORE_RETRY_S) if (writes or batch_size or acks) else True
-        acked = set(map(id, acks)) if stored else set()
-        for job in jobs:
-            if id(job) in acked:
-                # kombu's own ack does this after its Redis commands: the
-                # message no longer counts against the prefetch limit.
-                virtual.QoS.ack(job.message.channel.qos, job.message.delivery_tag)
-            elif stored or job.cancelled:
-                self._on_consumer.append(("ack", job))
-            else:
-                self._on_consumer.append(("requeue", job))
-            if self._send_events and (stored or job.cancelled):
-                self._events.append(self._outcome_event(job, now))
-        self._consumer.call_soon(self.flush)
+        stored = self._retrying(write) if (written or folded or batch_size) else []
+        if stored is None:  # stopping, and Redis is still down: the jobs stay held, nothing is lost
+            log.error("results of %d job(s) not stored (Redis unreachable); their messages stay unacknowledged "
+                      "and go to another worker", len(jobs))
+            return
+        late = 0
+        for job, first in zip(written, stored):
+            if not first:
+                job.skipped = True
+                late += 1
+                log.warning("job %s: a result was stored for it already (by a worker that took it over); "
+                            "this late one is dropped", job.id)
+        if late:  # counted for operators (and the fault suite): work done twice
+            self._retrying(lambda: self.redis.hincrby(protocol.batch_stats_key(model_id), "late_results", late))
+        if later:
+            self.source.ack(later)
+        if self._send_events:
+            for job in jobs:
+                if not job.skipped:
+                    self._events.append(self._outcome_event(job, now))
 
-    def _can_ack_here(self, job: Job) -> bool:
-        message = job.message
-        if not self._acks_in_pipeline or message is None or job.ack is None:
-            return False
-        channel = getattr(message, "channel", None)
-        return (channel is not None and hasattr(channel, "unacked_key") and hasattr(channel, "unacked_index_key")
-                and isinstance(getattr(channel, "qos", None), virtual.QoS))
+    def _split_acks(self, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
+        """(jobs acked inside the result script, jobs the source acks after it)."""
+        ackable = [job for job in jobs if job.tag is not None]
+        if not ackable or not self.source.acks_with_results:
+            return [], ackable
+        holder = ackable[0].holder
+        return [j for j in ackable if j.holder == holder], [j for j in ackable if j.holder != holder]
 
     def _outcome_event(self, job: Job, now: float) -> tuple:
         if job.cancelled:
@@ -246,31 +248,18 @@ class Reporter:
             "task_id": job.id,
         }
 
-    def _retrying(self, fn, give_up_after: float = STORE_RETRY_S):
-        deadline = time.monotonic() + give_up_after
+    def _retrying(self, fn):
+        """Run a Redis call until it succeeds; None if the worker stops while Redis is still down."""
         delay = 0.1
+        give_up_at = None
         while True:
             try:
                 return fn()
             except _REDIS_ERRORS as exc:
-                if time.monotonic() + delay > deadline:
-                    log.error("Redis unreachable for %.0fs (%s); giving jobs back to the queue", give_up_after, exc)
-                    return None
+                if self._stopping.is_set():
+                    give_up_at = give_up_at or time.monotonic() + STOP_RETRY_S
+                    if time.monotonic() + delay > give_up_at:
+                        return None
                 log.warning("Redis unreachable (%s); retrying in %.1fs", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-
-    # -- the consumer thread ----------------------------------------------
-
-    def flush(self) -> None:
-        """Ack or requeue what could not be acked in the pipeline (consumer thread only)."""
-        errors = self._consumer.connection_errors
-        while self._on_consumer:
-            kind, job = self._on_consumer.popleft()
-            try:
-                if kind == "requeue":
-                    job.reject(log, errors, True)
-                elif job.ack is not None:
-                    job.ack(log, errors)
-            except Exception:  # noqa: BLE001 - one bad ack must not stop the others
-                log.exception("could not finish job %s (%s)", job.id, kind)

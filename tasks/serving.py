@@ -1,9 +1,14 @@
-"""The worker's serving bootstep: models, batcher, queues, heartbeat.
+"""The worker's serving bootstep: models, batcher, job source, heartbeat.
 
 At start it asks the model manager for PRELOAD_MODELS (and the models of
 any `-Q infer.<model_id>` given on the command line); each model's queue is
 consumed only once the model is loaded and calibrated on the worker's
 device, so a job is never taken by a worker that cannot run it yet.
+
+Jobs come from the job source (tasks/sources.py): on a Redis broker the
+worker's own fetcher, on RabbitMQ Celery's consumer. A warm shutdown
+(SIGTERM) finishes the batch in flight and the jobs already started, and
+gives every other job back to the front of its queue at once.
 """
 
 from __future__ import annotations
@@ -12,9 +17,13 @@ import logging
 import os
 import time
 
+import orjson
+import redis
 from celery import bootsteps
 
-from common.errors import ModelNotFound, ServiceError
+from common import envelope, failpoints, protocol
+from common.deliveries import Reaper
+from common.errors import ModelNotFound
 from common.protocol import LOADED, model_for_queue, queue_for
 from common.settings import get_settings
 from model_store.devices import detect_device
@@ -22,9 +31,15 @@ from model_store.registry import ModelRegistry
 from model_store.store import ModelStore
 from tasks.batcher import Batcher
 from tasks.heartbeat import Heartbeat
-from tasks.jobs import Job
+from tasks.jobs import InvalidJob, Job, invalid_job_error, job_from_envelope
 from tasks.management import ModelManager, rss_bytes
 from tasks.reporting import Reporter
+from tasks.sources import KombuSource, RedisSource, make_source
+
+# The worker compares what it serves with its placement every this many heartbeats.
+RECONCILE_EVERY = 3
+# The most of a dead-lettered message kept (its start: enough to see what it was).
+DEAD_LETTER_BYTES = 65_536
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +55,39 @@ class ModelServing(bootsteps.StartStopStep):
         self.consumer = c
         self.settings = get_settings()
         self.registry: ModelRegistry | None = None
+        self.source: RedisSource | KombuSource | None = None
         self.reporter: Reporter | None = None
         self.heartbeat: Heartbeat | None = None
         self.batcher: Batcher | None = None
         self.manager: ModelManager | None = None
+        self.reaper: Reaper | None = None
         self.device = None
         self.started_at = time.time()
+        self._ticks = 0
 
     def start(self, c):
         if self.registry is None:  # first start; later ones are reconnections
-            self.device = detect_device(self.settings.worker_device)
-            self.registry = ModelRegistry(ModelStore(self.settings.model_dir), self.device)
-            self.reporter = Reporter(self.settings, c)
-            self.batcher = Batcher(self.settings, self.reporter).start()
+            settings = self.settings
+            if failpoints.active:
+                log.warning("ATF_FAILPOINTS is set (%s): this worker provokes faults on purpose",
+                            failpoints.describe())
+            self.device = detect_device(settings.worker_device)
+            self.registry = ModelRegistry(ModelStore(settings.model_dir), self.device)
+            self.source = make_source(settings, c, self.take_delivery, lambda model_id: self.batcher.room(model_id))
+            self.reporter = Reporter(settings, c, self.source)
+            self.batcher = Batcher(settings, self.reporter, holder=self.holder, on_room=self.source.wake).start()
             self.manager = ModelManager(self).start()
-            self.heartbeat = Heartbeat(self.settings.redis_url, c.hostname, self.settings.heartbeat_s,
-                                       self.state).start()
+            if isinstance(self.source, RedisSource):
+                self.reaper = Reaper(self.source.deliveries, self.reporter.redis,
+                                     redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2,
+                                                          socket_timeout=5), settings.heartbeat_s)
+            self.source.start()
+            self.heartbeat = Heartbeat(settings.redis_url, c.hostname, settings.heartbeat_s, self.state,
+                                       on_tick=self.tick).start()
             # `-Q infer.<model_id>` on the command line asks for that model too;
             # its queue is consumed once the model is ready, like any other.
             named = [model_for_queue(q.name) for q in c.task_consumer.queues]
-            wanted = list(self.settings.preload_models) + [m for m in named if m and q_is_model(m, c)]
+            wanted = list(settings.preload_models) + [m for m in named if m and q_is_model(m, c)]
             for q in list(c.task_consumer.queues):
                 if model_for_queue(q.name):
                     c.cancel_task_queue(q.name)
@@ -67,29 +95,111 @@ class ModelServing(bootsteps.StartStopStep):
                 reply = self.manager.request_load(model_id)
                 if "error" in reply:
                     raise ModelNotFound(reply["error"])
+            # A worker restarting under its name serves again what it served (its placement).
+            try:
+                placed = self.manager.placement.of(c.hostname) or {}
+            except (redis.RedisError, OSError) as exc:
+                log.warning("cannot read this worker's placement: %s", exc)
+                placed = {}
+            for model_id, task in placed.items():
+                if model_id not in wanted:
+                    wanted.append(model_id)
+                    reply = self.manager.request_load(model_id, task)
+                    if "error" in reply:
+                        log.warning("placement names %s, which cannot load: %s", model_id, reply["error"])
             log.info("worker %s on %s: loading %s", c.hostname, self.device, ", ".join(wanted) or "no model")
+        elif isinstance(self.source, KombuSource):
+            # The broker connection was lost: RabbitMQ gave back every message
+            # this worker had not acknowledged, so the jobs not started go.
+            dropped = self.batcher.drop_unstarted(lambda job: True)
+            if dropped:
+                log.warning("broker connection lost: %d job(s) not started are back in their queues", dropped)
+            self.source.resume()
         # Nothing is ever sent to the default queue; consume model queues only.
         if c.task_consumer.consuming_from(c.app.conf.task_default_queue):
             c.cancel_task_queue(c.app.conf.task_default_queue)
-        for model_id in self.batcher.models():  # after a reconnection
-            if self.manager.state_of(model_id) == LOADED:
-                c.add_task_queue(queue_for(model_id))
+
+    def holder(self) -> str:
+        """Who starts jobs here: the delivery holder (Redis), else the worker's name."""
+        return getattr(self.source, "holder", self.consumer.hostname)
 
     def heartbeat_poke(self) -> None:
         if self.heartbeat is not None:
             self.heartbeat.poke()
 
-    def submit(self, job: Job) -> None:
-        """Hand a received job to its model's batcher (consumer thread)."""
-        if not self.batcher.submit(job):
-            # Not ours (yet/anymore): back to the queue for a worker that has it.
-            log.warning("job %s is for %s, which is not loaded here; requeued", job.id, job.model_id)
-            job.reject(log, self.consumer.connection_errors, True)
+    def tick(self) -> None:
+        """After each heartbeat (heartbeat thread): delivery beat, dead workers."""
+        if not self.source.beat():
+            # Declared dead (paused past three heartbeats): what this worker
+            # held went to others. Keep what was started (first result wins).
+            current = self.source.holder
+            dropped = self.batcher.drop_unstarted(lambda job: job.holder is not None and job.holder != current)
+            log.warning("dropped %d job(s) not started that other workers now hold", dropped)
+        if self.reaper is not None:
+            self.reaper.reap_once()
+        self._ticks += 1
+        if self._ticks % RECONCILE_EVERY == 0:
+            self.manager.reconcile()
 
-    def fail_invalid(self, job: Job, error: ServiceError) -> None:
-        """Store the failure of a message that is not a valid job, and ack it."""
-        job.fail(error)
-        self.reporter.finish(job.model_id, [job])
+    # -- jobs arriving ----------------------------------------------------
+
+    def take_delivery(self, delivery, holder: str) -> None:
+        """A message the fetcher took from a queue (fetcher thread, Redis broker)."""
+        try:
+            message = envelope.read(delivery.raw)
+        except envelope.BadEnvelope as exc:
+            log.error("dead-lettering delivery %s from %s: %s", delivery.tag, delivery.queue, exc)
+            self.dead_letter(delivery.queue, None, str(exc), delivery.raw)
+            self.source.deliveries.ack(holder, [delivery.tag])
+            return
+        self.take(message, delivery.queue, tag=delivery.tag, holder=holder)
+
+    def take_message(self, message) -> None:
+        """A message kombu delivered (consumer thread, RabbitMQ)."""
+        queue = (message.delivery_info or {}).get("routing_key") or ""
+        self.take(envelope.Envelope.from_kombu(message), queue, tag=message)
+
+    def take(self, message: envelope.Envelope, queue: str, tag, holder: str | None = None) -> None:
+        """Read a message as a job and hand it to its model's batcher; refuse it if it is none."""
+        try:
+            job = job_from_envelope(message, source=self.source, tag=tag, holder=holder)
+        except InvalidJob as exc:
+            log.error("dead-lettering a message from %s (job %s): %s", queue or "?", exc.job_id or "without id", exc)
+            self.dead_letter(queue, exc.job_id, str(exc), message.raw or message.body)
+            failed = Job(id=exc.job_id or "", model_id="", inputs=[None], params={}, is_list=False,
+                         source=self.source, tag=tag, holder=holder)
+            if exc.job_id:
+                failed.fail(invalid_job_error(exc))  # stored as failed: whoever waits learns why
+            else:
+                failed.skipped = True  # nothing to store: only the ack
+            self.reporter.finish("", [failed])
+            return
+        self.reporter.received(job)
+        if self.batcher.submit(job):
+            return
+        expected = model_for_queue(queue)
+        if expected and expected != job.model_id:
+            log.error("job %s names model %s but came on queue %s; failed", job.id, job.model_id, queue)
+            job.fail(invalid_job_error(InvalidJob(job.id, f"the job names model {job.model_id!r} but was sent to "
+                                                          f"queue {queue!r}")))
+            self.reporter.finish("", [job])
+            return
+        # Its model is being unloaded here: back to the queue for a worker that has it.
+        log.info("job %s is for %s, which this worker no longer serves; handed back", job.id, job.model_id)
+        self.source.hand_back([job])
+
+    def dead_letter(self, queue: str, job_id: str | None, reason: str, raw: bytes) -> None:
+        """Keep a message no worker can run where an operator can look at it (atf:dead-letters)."""
+        record = orjson.dumps({"at": time.time(), "queue": queue, "job_id": job_id, "reason": reason,
+                               "worker": self.consumer.hostname,
+                               "message": raw[:DEAD_LETTER_BYTES].decode("utf-8", "replace")})
+        try:
+            with self.reporter.redis.pipeline(transaction=True) as pipe:
+                pipe.lpush(protocol.DEAD_LETTERS_KEY, record)
+                pipe.ltrim(protocol.DEAD_LETTERS_KEY, 0, protocol.DEAD_LETTERS_KEPT - 1)
+                pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("could not keep the dead letter: %s", exc)
 
     def state(self) -> dict:
         """This worker's registry entry (see tasks.heartbeat).
@@ -103,6 +213,7 @@ class ModelServing(bootsteps.StartStopStep):
                    and changing.get(m.model_id, {}).get("state", LOADED) == LOADED]
         return {
             "device": self.device,
+            "holder": self.holder(),
             "pid": os.getpid(),
             "started_at": self.started_at,
             "models": {
@@ -120,16 +231,25 @@ class ModelServing(bootsteps.StartStopStep):
         }
 
     def shutdown(self, c):
-        """Finish the batches in flight, send their acks, leave the registry."""
+        """Warm shutdown: finish what was started, give the rest back at once, leave the registry."""
         if self.manager is not None:
             self.manager.stop()
+        if self.source is not None:
+            self.source.stop()  # take nothing more
+        unstarted = self.batcher.stop() if self.batcher is not None else []
+        if unstarted:
+            handed = self.source.hand_back(unstarted)
+            log.info("warm shutdown: %d job(s) not started are back at the front of their queues", handed)
+        if self.reporter is not None:
+            self.reporter.stop()  # results of the finished jobs stored, their messages acked
+        if isinstance(self.source, KombuSource):
+            self.source.flush()  # we are on the consumer thread: the acks the reporter queued, now
+        if self.source is not None:
+            left = self.source.retire()
+            if left:
+                log.info("warm shutdown: %d more job(s) went back to their queues", left)
         if self.heartbeat is not None:
             self.heartbeat.stop()
-        if self.batcher is not None:
-            self.batcher.stop()
-        if self.reporter is not None:
-            self.reporter.stop()
-            self.reporter.flush()  # we are on the consumer thread: ack now
 
 
 def q_is_model(model_id: str, c) -> bool:

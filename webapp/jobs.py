@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -19,7 +20,8 @@ import orjson
 import redis
 from kombu.exceptions import KombuError, OperationalError
 
-from common import protocol
+from common import lua, protocol
+from common.deliveries import Deliveries, Reaper
 from common.errors import (
     BrokerUnavailable,
     JobCancelled,
@@ -31,7 +33,7 @@ from common.errors import (
 )
 from common.settings import Settings
 from webapp.cache import COALESCED
-from webapp.publisher import CeleryPublisher, make_publisher
+from webapp.publisher import CeleryPublisher, RedisPublisher, make_publisher
 from webapp.results import ResultListener, Waiter, wait_for
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,14 @@ class JobService:
         )
         self.publisher = make_publisher(settings, self.results)
         self.listener = ResultListener(settings.result_backend)
-        self._cancel = self.results.register_script(protocol.CANCEL_JOB_LUA)
+        # On a Redis broker this process also looks for dead workers and
+        # hands their jobs back (common/deliveries.py): a lone worker's death
+        # is noticed even when no other worker runs.
+        self.reaper = None
+        if isinstance(self.publisher, RedisPublisher):
+            self.reaper = Reaper(Deliveries(self.publisher.broker), self.results, self.redis, settings.heartbeat_s)
+        self._reaper_pid: int | None = None
+        self._cancel = self.results.register_script(lua.source("cancel_job"))
         self._depths: dict[str, tuple[float, int]] = {}
         self._depth_lock = threading.Lock()
         # Identical requests in flight from this process: coalescing key -> (job id, waiter).
@@ -79,6 +88,7 @@ class JobService:
         the whole request) a waiting request identical to one in flight
         from this process joins that job instead of queueing another.
         """
+        self.ensure_reaper()
         self._check_queue_depth(model_id)
         job_id = str(uuid.uuid4())
         waiter = None
@@ -128,6 +138,14 @@ class JobService:
                 pass
             raise error from None
         return job_id, waiter
+
+    def ensure_reaper(self) -> None:
+        """Start this process's reaper thread (once per process: gunicorn forks)."""
+        if self.reaper is not None and self._reaper_pid != os.getpid():
+            with self._inflight_lock:
+                if self._reaper_pid != os.getpid():
+                    self._reaper_pid = os.getpid()
+                    self.reaper.start()
 
     def _check_queue_depth(self, model_id: str) -> None:
         now = time.monotonic()
@@ -212,6 +230,7 @@ class JobService:
 
     def status(self, job_id: str) -> dict:
         """GET /jobs/<id>: the job's state, with its result or error when done."""
+        self.ensure_reaper()
         try:
             with self.results.pipeline(transaction=False) as pipe:
                 pipe.hgetall(protocol.job_key(job_id))

@@ -16,6 +16,7 @@ from cachetools import TTLCache
 
 from common import protocol
 from common.errors import BrokerUnavailable, NoWorkers, ValidationFailed
+from common.placement import Placement
 from common.settings import Settings
 from webapp.publisher import make_celery_client
 from webapp.workers import WorkerDirectory
@@ -37,6 +38,7 @@ class ModelAdmin:
         self.settings = settings
         self._redis = client
         self._workers = workers
+        self.placement = Placement(client)
         self._celery = None
         self._lock = threading.Lock()
         # Every request thread reads the sources (GET /models, and the catalog
@@ -93,6 +95,8 @@ class ModelAdmin:
 
     def load(self, model_id: str, task: str | None, names: list[str] | None, wait: float) -> dict:
         targets = self._targets(names)
+        # Recorded first: a target that misses the broadcast converges on it.
+        self._record(lambda: [self.placement.want(name, model_id, task) for name in targets])
         replies = self._broadcast("load_model", {"model_id": model_id, "model_type": task}, targets)
 
         def state(entry):
@@ -111,6 +115,12 @@ class ModelAdmin:
             self._redis.delete(protocol.AUTOLOAD_KEY_PREFIX + model_id)  # a later request may load it again
         except (redis.RedisError, OSError):
             pass
+        # Recorded first; with no names, for every worker, running or not (a
+        # worker restarting now must not bring the model back).
+        if names:
+            self._record(lambda: [self.placement.drop(name, model_id) for name in targets])
+        else:
+            self._record(lambda: self.placement.drop_everywhere(model_id))
         replies = self._broadcast("unload_model", {"model_id": model_id}, targets)
 
         def state(entry):
@@ -151,11 +161,21 @@ class ModelAdmin:
         if not acquired:
             return False
         worker = min(live, key=lambda w: (len(w.get("models", {})), w.get("active", 0), w["name"]))
-        self.control.broadcast("load_model", arguments={"model_id": model_id, "model_type": None},
-                               destination=[worker["name"]], reply=False)
+        self._record(lambda: self.placement.want(worker["name"], model_id))
+        try:
+            self.control.broadcast("load_model", arguments={"model_id": model_id, "model_type": None},
+                                   destination=[worker["name"]], reply=False)
+        except Exception as exc:  # noqa: BLE001 - kombu raises many kinds when the broker is down
+            raise BrokerUnavailable(f"cannot reach the workers: {exc}") from None
         return True
 
     # -- helpers ----------------------------------------------------------
+
+    def _record(self, write) -> None:
+        try:
+            write()
+        except (redis.RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"cannot record the placement in Redis: {exc}") from None
 
     def _targets(self, names: list[str] | None) -> list[str]:
         live = [w["name"] for w in self._workers.live(fresh=True)]

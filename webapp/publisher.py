@@ -1,7 +1,7 @@
 """Putting jobs on the broker: a Celery task message per job.
 
 With a Redis broker the message is written the way kombu's Redis transport
-writes it (the same JSON envelope, LPUSHed onto the queue's list), in the
+writes it (the same JSON envelope, common/envelope.py, LPUSHed onto the queue's list), in the
 same round trip as the job's record. Celery's `send_task` costs about a
 millisecond of CPU per call in routing, signals and producer pooling that
 this fixed, single-queue case does not need; the worker, Flower and any
@@ -11,24 +11,17 @@ jobs go through `send_task`.
 
 from __future__ import annotations
 
-import base64
 import os
 import socket
 import threading
-import uuid
 
-import orjson
 import redis
 from celery import Celery
 from celery.utils.saferepr import saferepr
 from kombu.exceptions import ChannelError
 
-from common import protocol
+from common import envelope, protocol
 from common.settings import Settings
-
-# Celery's own limit on the argument reprs it shows (Flower, logs).
-REPR_MAXSIZE = 1024
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 def make_celery_client(settings: Settings) -> Celery:
@@ -53,46 +46,26 @@ class RedisPublisher:
         self._ttl = settings.result_ttl
         self._results = results
         same = settings.broker_url == settings.result_backend
-        self._broker = results if same else redis.Redis.from_url(
+        self.broker = results if same else redis.Redis.from_url(
             settings.broker_url, socket_connect_timeout=2, socket_timeout=10)
         self._origin = f"gen{os.getpid()}@{socket.gethostname()}"
-
-    def envelope(self, job_id: str, queue: str, kwargs: dict, reply_to: str, expires: str | None = None) -> bytes:
-        """The message exactly as kombu's Redis transport stores it."""
-        body = orjson.dumps([[], kwargs, _EMBED])
-        return orjson.dumps({
-            "body": base64.b64encode(body).decode(),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": {
-                "lang": "py", "task": protocol.INFER_TASK, "id": job_id, "shadow": None,
-                "eta": None, "expires": expires, "group": None, "group_index": None, "retries": 0,
-                "timelimit": [None, None], "root_id": job_id, "parent_id": None,
-                "argsrepr": "()", "kwargsrepr": saferepr(kwargs, REPR_MAXSIZE), "origin": self._origin,
-                "ignore_result": True, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
-            },
-            "properties": {
-                "correlation_id": job_id, "reply_to": reply_to, "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
-                "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
-            },
-        })
 
     def publish(self, job_id: str, model_id: str, kwargs: dict, reply_to: str, record: dict,
                 expires: str | None = None) -> None:
         """Record the job and queue its message (one round trip when they share a Redis)."""
         queue = protocol.queue_for(model_id)
-        message = self.envelope(job_id, queue, kwargs, reply_to, expires)
+        message = envelope.write(job_id, queue, kwargs, reply_to, self._origin, expires,
+                                 kwargsrepr=saferepr(kwargs, envelope.REPR_MAXSIZE))
         with self._results.pipeline(transaction=False) as pipe:
             _record_commands(pipe, job_id, record, self._ttl)
-            if self._broker is self._results:
+            if self.broker is self._results:
                 pipe.lpush(queue, message)
             pipe.execute()
-        if self._broker is not self._results:
-            self._broker.lpush(queue, message)
+        if self.broker is not self._results:
+            self.broker.lpush(queue, message)
 
     def queue_depth(self, model_id: str) -> int:
-        return int(self._broker.llen(protocol.queue_for(model_id)))
+        return int(self.broker.llen(protocol.queue_for(model_id)))
 
 
 class CeleryPublisher:

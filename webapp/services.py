@@ -113,13 +113,15 @@ class Services:
         live = self.workers.live()
         if not live:
             raise NoWorkers("no worker is running; start one with `celery -A tasks worker`")
-        loading = [w for w in live
-                   if w.get("changing", {}).get(model_id, {}).get("state") == protocol.LOADING]
-        if loading:
+        changes = [w.get("changing", {}).get(model_id, {}) for w in live]
+        if any(change.get("state") == protocol.LOADING for change in changes):
             return
+        failed = [change["error"] for change in changes if change.get("state") == protocol.LOAD_FAILED]
         if self.settings.autoload:
-            self.admin.autoload(model_id, live)
-            return
+            if self.admin.autoload(model_id, live) or not failed:
+                return
+            # The last on-demand load failed, and it is too soon to try again.
+            raise ModelNotLoaded(f"model {model_id!r} could not be loaded: {failed[0]}")
         raise ModelNotLoaded(
             f"model {model_id!r} is in the store but no worker has it loaded "
             f"(AUTOLOAD is off: POST /models/load, or start a worker with PRELOAD_MODELS={model_id})"

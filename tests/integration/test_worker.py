@@ -6,8 +6,9 @@ import time
 import pytest
 from celery import Celery
 
+from common.deliveries import deliveries_key
 from common.settings import Settings
-from tests.helpers import PYTHON, ROOT, Worker, service_env, wait_for_status
+from tests.helpers import LONG, PYTHON, ROOT, Worker, service_env, wait_for_status
 from webapp import create_app
 
 
@@ -58,10 +59,8 @@ def test_health_follows_the_workers(redis_url, model_dir, log_dir):
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_batch_loses_no_job(api, redis_url, model_dir, log_dir):
-    """acks_late: jobs held by a crashed worker are redelivered to another one."""
-    from tests.integration.test_jobs import LONG
-
-    env = service_env(redis_url, model_dir, preload_models="minilm-b", visibility_timeout=3)
+    """Jobs held by a crashed worker go back to the queue once it misses its heartbeats; another runs them."""
+    env = service_env(redis_url, model_dir, preload_models="minilm-b")
     victim = Worker("victim", env, log_dir).wait_ready()
     ids = [api.post("/jobs", json={"model_id": "minilm-b", "inputs": LONG[:64],
                                    "options": {"use_cache": False}}).json()["job_id"]
@@ -103,21 +102,22 @@ def test_full_queue_is_429_with_retry_after(redis_url, model_dir, rdb):
     assert refused.get_json()["error"]["type"] == "queue_full"
 
 
-def test_prefetch_bounds_unacked_jobs_and_acks_free_the_slots(api, redis_url, model_dir, log_dir, rdb):
+def test_prefetch_bounds_held_jobs_and_acks_free_the_slots(api, redis_url, model_dir, log_dir, rdb):
     """With WORKER_PREFETCH=2 a worker holds at most 2 jobs; every ack frees a slot, none leaks."""
     env = service_env(redis_url, model_dir, preload_models="minilm-b", max_batch_size=2, worker_prefetch=2)
     w = Worker("narrow", env, log_dir).wait_ready()
+    held_key = deliveries_key(w.entry()["holder"])
     try:
         ids = [api.post("/jobs", json={"model_id": "minilm-b", "inputs": [f"sentence number {i}"]}).json()["job_id"]
                for i in range(20)]
         held = []
         for job_id in ids:
-            held.append(rdb.zcard("unacked_index"))
+            held.append(rdb.hlen(held_key))
             assert wait_for_status(api, job_id, {"succeeded"}, timeout=60)["status"] == "succeeded"
-        assert max(held) <= 2
+        assert max(held) <= 2 and max(held) > 0
         deadline = time.monotonic() + 5
-        while rdb.hlen("unacked") and time.monotonic() < deadline:
+        while rdb.hlen(held_key) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert rdb.hlen("unacked") == 0 and rdb.zcard("unacked_index") == 0
+        assert rdb.hlen(held_key) == 0
     finally:
         w.stop()

@@ -1,24 +1,25 @@
 """Reading task messages as jobs: what the webapp sends, and what it must refuse."""
 
+import base64
 import json
 
 import pytest
-from kombu.message import Message
 
-from tasks.jobs import InvalidJob, job_from_message
+from common import envelope
+from common.envelope import Envelope
+from tasks.jobs import InvalidJob, job_from_envelope
 
 
-def message(args=(), kwargs=None, job_id="job-1", reply_to="atf:replies:x", content_type="application/json"):
-    body = json.dumps([list(args), kwargs or {}, {}]).encode()
-    msg = Message(body=body, content_type=content_type, content_encoding="utf-8",
-                  headers={"id": job_id, "task": "tasks.infer"} if job_id else {"task": "tasks.infer"},
-                  properties={"reply_to": reply_to})
-    msg.accept = ["application/json"]
-    return msg
+def message(args=(), kwargs=None, job_id="job-1", reply_to="atf:replies:x", content_type="application/json",
+            body=None):
+    if body is None:
+        body = json.dumps([list(args), kwargs or {}, {}]).encode()
+    return Envelope(headers={"id": job_id, "task": "tasks.infer"} if job_id else {"task": "tasks.infer"},
+                    properties={"reply_to": reply_to}, content_type=content_type, body=body)
 
 
 def test_webapp_message():
-    job = job_from_message(message(kwargs={"model_id": "minilm", "inputs": ["a", "b"],
+    job = job_from_envelope(message(kwargs={"model_id": "minilm", "inputs": ["a", "b"],
                                            "parameters": {"pooling": "mean"}, "is_list": True}))
     assert (job.id, job.model_id, job.inputs, job.is_list, job.reply_to) == (
         "job-1", "minilm", ["a", "b"], True, "atf:replies:x")
@@ -27,7 +28,7 @@ def test_webapp_message():
 
 def test_positional_call_with_a_single_input():
     """`infer.delay("minilm", "text")` from a plain Celery client works too."""
-    job = job_from_message(message(args=("minilm", "text")))
+    job = job_from_envelope(message(args=("minilm", "text")))
     assert job.inputs == ["text"] and job.is_list is False and job.result() is None
 
 
@@ -39,7 +40,7 @@ def test_positional_call_with_a_single_input():
 ])
 def test_invalid_jobs_keep_their_id(kwargs):
     with pytest.raises(InvalidJob) as info:
-        job_from_message(message(kwargs=kwargs))
+        job_from_envelope(message(kwargs=kwargs))
     assert info.value.job_id == "job-1"
 
 
@@ -47,4 +48,47 @@ def test_pickle_is_refused():
     """Only JSON is accepted: a pickled body never reaches the loader."""
     msg = message(kwargs={"model_id": "m", "inputs": ["a"]}, content_type="application/x-python-serialize")
     with pytest.raises(InvalidJob, match="decode"):
-        job_from_message(msg)
+        job_from_envelope(msg)
+
+
+@pytest.mark.parametrize("body", [
+    b'[[],[1,2],{}]', b'[[],"abc",{}]', b'[5,{},{}]', b'[null,null,null]', b'[[],7,{}]', b'[]', b'{}', b'7',
+    b'[["m",["a"]],{"model_id":"m"},{}]', b'[[],{"model_id":"m","inputs":["a"],"is_list":"yes"},{}]',
+    b'[[],{"model_id":"m","inputs":["a"],"prefilled":[1]},{}]', b'[[],{"model_id":"m","inputs":["a"],'
+    b'"prefilled":{"x":1}},{}]', b'[[],{"model_id":"m","inputs":["a"],"use_cache":"no"},{}]',
+    b'[[],{"model_id":["m"],"inputs":["a"]},{}]', b'[[],{"model_id":"m"},{}]', b'\xff\xfe', b'',
+])
+def test_any_malformed_body_is_an_invalid_job_never_a_crash(body):
+    """Bodies from the adversarial pass (each killed the worker before) are refused with their id."""
+    with pytest.raises(InvalidJob) as info:
+        job_from_envelope(message(body=body))
+    assert info.value.job_id == "job-1"
+
+
+def test_another_task_name_is_refused():
+    msg = message(kwargs={"model_id": "m", "inputs": ["a"]})
+    msg.headers["task"] = "os.system"
+    with pytest.raises(InvalidJob, match="is not tasks.infer"):
+        job_from_envelope(msg)
+
+
+def test_envelope_round_trip():
+    """What the webapp writes reads back as the same job."""
+    raw = envelope.write("job-9", "infer.m", {"model_id": "m", "inputs": ["a"], "is_list": True}, "r", "origin")
+    job = job_from_envelope(envelope.read(raw))
+    assert (job.id, job.model_id, job.inputs, job.reply_to) == ("job-9", "m", ["a"], "r")
+
+
+@pytest.mark.parametrize("raw", [b"nope", b"[]", b'{"headers": 1}', b'{"headers": {}, "properties": {}}',
+                                 b'{"headers": {}, "properties": {"body_encoding": "base64"}, "body": "@@"}',
+                                 b'{"headers": {}, "properties": {"body_encoding": "rot13"}, "body": ""}'])
+def test_a_list_element_that_is_no_kombu_message_is_a_bad_envelope(raw):
+    with pytest.raises(envelope.BadEnvelope):
+        envelope.read(raw)
+
+
+def test_a_base64_body_is_decoded():
+    body = base64.b64encode(b'[[],{},{}]').decode()
+    doc = {"headers": {"id": "x"}, "properties": {"body_encoding": "base64"}, "body": body,
+           "content-type": "application/json"}
+    assert envelope.read(json.dumps(doc).encode()).body == b'[[],{},{}]'

@@ -1,0 +1,32 @@
+-- Take job messages from queues into one holder's deliveries, atomically:
+-- a message is in its queue or held, never in neither (kombu's BRPOP and
+-- its separate unacked write leave a gap where a killed worker loses it).
+--
+-- KEYS[1]   the holder's deliveries (hash: tag -> list key .. "\n" .. message)
+-- KEYS[2..] the lists to take from: PER consecutive keys per queue, in
+--           the order kombu's Redis transport reads them (priority lists)
+-- ARGV[1]   the first tag to give; ARGV[2] PER; ARGV[3..] messages wanted per queue
+-- Returns {tag, list, message, tag, list, message, ...}, oldest first.
+local tag = tonumber(ARGV[1])
+local per = tonumber(ARGV[2])
+local out = {}
+local queue = 0
+for first = 2, #KEYS, per do
+  queue = queue + 1
+  local want = tonumber(ARGV[2 + queue])
+  for i = first, first + per - 1 do
+    if want <= 0 then break end
+    local got = redis.call('RPOP', KEYS[i], want)
+    if got then
+      for _, message in ipairs(got) do
+        redis.call('HSET', KEYS[1], tostring(tag), KEYS[i] .. '\n' .. message)
+        out[#out + 1] = tostring(tag)
+        out[#out + 1] = KEYS[i]
+        out[#out + 1] = message
+        tag = tag + 1
+        want = want - 1
+      end
+    end
+  end
+end
+return out

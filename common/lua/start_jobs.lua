@@ -1,0 +1,34 @@
+-- Mark jobs started, just before their batch runs, and count their starts.
+--
+-- KEYS   the jobs' records (atf:job:<id>)
+-- ARGV[1] time; ARGV[2] the holder starting them; ARGV[3] MAX_DELIVERIES; ARGV[4] record ttl (s)
+-- Returns per job:
+--   1  run it
+--   2  run it, alone: it was started before and never finished (a worker
+--      died running it, maybe of it), so it must not take others down too
+--   0  cancelled before it started: do not run
+--  -1  a result is stored already (another worker finished it): do not run
+--  -2  started MAX_DELIVERIES times without finishing: it kills workers; fail it
+-- A job without a record (sent by a plain Celery client) gets one.
+local out = {}
+for i, key in ipairs(KEYS) do
+  local status = redis.call('HGET', key, 'status')
+  if status == 'cancelled' then
+    out[i] = 0
+  elseif status == 'succeeded' or status == 'failed' then
+    out[i] = -1
+  else
+    local attempts = tonumber(redis.call('HGET', key, 'attempts') or '0') or 0
+    if attempts >= tonumber(ARGV[3]) then
+      out[i] = -2
+    else
+      redis.call('HSET', key, 'status', 'running', 'started_at', ARGV[1], 'holder', ARGV[2],
+                 'attempts', attempts + 1)
+      if redis.call('TTL', key) < 0 then
+        redis.call('EXPIRE', key, tonumber(ARGV[4]))
+      end
+      if attempts > 0 then out[i] = 2 else out[i] = 1 end
+    end
+  end
+end
+return out

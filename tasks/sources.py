@@ -1,0 +1,369 @@
+"""Where a worker's jobs come from, and where they go back.
+
+- `RedisSource` (Redis broker): the worker fetches inference jobs itself,
+  on a fetcher thread that owns the model queues, through the delivery
+  scripts of common/deliveries.py — a message is always in its queue or
+  held by exactly one live worker, and a dead worker's are back in their
+  queues within three heartbeats (see that module for why not kombu).
+- `KombuSource` (RabbitMQ): Celery's consumer delivers the jobs (our task
+  strategy, tasks/consumer.py); RabbitMQ itself gives a dead worker's
+  unacknowledged messages back the moment its connection drops.
+
+Both take only as much as the worker can run soon: `room(model_id)`, the
+batcher's bound on the jobs it holds per model (two batches' worth by its
+cost model), so an idle worker gets work while another has a backlog.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+
+import redis
+
+from common.deliveries import Deliveries, lists_of, new_holder
+from common.protocol import queue_for
+
+log = logging.getLogger(__name__)
+
+_REDIS_ERRORS = (redis.RedisError, OSError)
+# An idle fetcher looks again this often even without a wake-up (a
+# message on one of kombu's priority lists, which the watchers skip).
+IDLE_RECHECK_S = 1.0
+# How long one watcher's blocking wait lasts before it is renewed.
+WATCH_S = 2.0
+MAX_BACKOFF_S = 5.0
+
+
+class RedisSource:
+    """Fetches jobs from the Redis broker's model queues on one thread.
+
+    The fetcher takes, per served model, as many messages as the batcher
+    has room for, in one atomic script call. When there is room but the
+    queues are empty it waits without polling: a watcher thread per queue
+    blocks in `BLMOVE queue queue RIGHT RIGHT` — which returns when the
+    queue gets a message and moves nothing (the last element back onto
+    itself) — and wakes the fetcher.
+    """
+
+    kind = "redis"
+
+    def __init__(self, settings, worker_name: str, on_delivery, room):
+        self._url = settings.broker_url
+        self.deliveries = Deliveries(redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2,
+                                                          socket_timeout=10))
+        # Acks go into the result-storing script when results live in the broker's Redis.
+        self.acks_with_results = settings.broker_url == settings.result_backend
+        self.worker_name = worker_name
+        self.holder = new_holder(worker_name)
+        self._on_delivery = on_delivery  # (Delivery, holder) -> None, on the fetcher thread
+        self._room = room  # model_id -> jobs the batcher will take now
+        self._next_tag = 1  # delivery tags are unique per holder; this one counts them
+        self._serving: dict[str, threading.Event] = {}  # model_id -> its watcher's stop event
+        self._armed: set[str] = set()  # queues whose watcher should wait for a message
+        self._cond = threading.Condition()
+        self._woken = False
+        self._stopping = False
+        self._fetch_lock = threading.Lock()  # held while fetching and handing jobs to the batcher
+        self._thread = threading.Thread(target=self._run, name="fetcher", daemon=True)
+
+    # -- any thread ----------------------------------------------------
+
+    def start(self) -> "RedisSource":
+        self.beat()
+        self._thread.start()
+        return self
+
+    def serve(self, model_id: str) -> None:
+        """Start taking jobs of `model_id`."""
+        with self._cond:
+            if model_id in self._serving or self._stopping:
+                return
+            stop = self._serving[model_id] = threading.Event()
+            self._woken = True
+            self._cond.notify_all()
+        threading.Thread(target=self._watch, args=(queue_for(model_id), stop), name=f"watch-{model_id}",
+                         daemon=True).start()
+
+    def unserve(self, model_id: str) -> None:
+        """Stop taking jobs of `model_id`; no job of it arrives after this returns."""
+        with self._fetch_lock, self._cond:
+            stop = self._serving.pop(model_id, None)
+            if stop is not None:
+                stop.set()
+            self._armed.discard(queue_for(model_id))
+            self._cond.notify_all()
+
+    def serves(self) -> list[str]:
+        return list(self._serving)
+
+    def waiting(self, model_id: str) -> int | None:
+        """Messages waiting in the model's queue (None when the broker cannot say now)."""
+        try:
+            with self.deliveries.redis.pipeline(transaction=False) as pipe:
+                for key in lists_of(queue_for(model_id)):
+                    pipe.llen(key)
+                return sum(pipe.execute())
+        except _REDIS_ERRORS:
+            return None
+
+    def wake(self) -> None:
+        """The batcher has room again: fetch now rather than at the next recheck."""
+        with self._cond:
+            if not self._woken:
+                self._woken = True
+                self._cond.notify_all()
+
+    def ack(self, jobs) -> None:
+        """Forget the deliveries of finished jobs (when the result store could not do it)."""
+        by_holder: dict[str, list[str]] = {}
+        for job in jobs:
+            by_holder.setdefault(job.holder, []).append(job.tag)
+        for holder, tags in by_holder.items():
+            self._retrying(lambda h=holder, t=tags: self.deliveries.ack(h, t), "acknowledge jobs")
+
+    def hand_back(self, jobs) -> int:
+        """Give jobs back to the front of their queues now (warm shutdown, unload)."""
+        by_holder: dict[str, list[str]] = {}
+        for job in jobs:
+            by_holder.setdefault(job.holder, []).append(job.tag)
+        total = 0
+        for holder, tags in by_holder.items():
+            total += self._retrying(lambda h=holder, t=tags: self.deliveries.hand_back(h, t), "hand jobs back") or 0
+        return total
+
+    def beat(self) -> bool:
+        """Beat for this holder; False when it had been declared dead (it then starts a new session)."""
+        try:
+            alive = self.deliveries.beat(self.holder)
+        except _REDIS_ERRORS as exc:
+            log.warning("delivery heartbeat not written: %s", exc)
+            return True
+        if alive:
+            return True
+        with self._fetch_lock:
+            old, self.holder = self.holder, new_holder(self.worker_name)
+            log.error("this worker (%s) missed its heartbeats and was declared dead; its jobs went to other "
+                      "workers. Dropping the jobs it held and going on as %s", old, self.holder)
+            try:
+                self.deliveries.beat(self.holder)
+            except _REDIS_ERRORS:
+                pass
+        return False
+
+    def stop(self) -> None:
+        """Stop fetching (the jobs held are the caller's to hand back)."""
+        with self._fetch_lock, self._cond:
+            self._stopping = True
+            for stop in self._serving.values():
+                stop.set()
+            self._serving.clear()
+            self._cond.notify_all()
+        self._thread.join(10)
+
+    def retire(self) -> int:
+        """Leave for good: whatever this holder still holds goes back to its queues."""
+        return self._retrying(lambda: self.deliveries.retire(self.holder), "retire", give_up_after=10.0) or 0
+
+    # -- the fetcher thread ------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                self._woken = False
+            try:
+                got = self._fetch_once()
+            except _REDIS_ERRORS as exc:
+                log.warning("cannot fetch jobs from the broker (%s); retrying in %.1fs", exc, backoff)
+                with self._cond:
+                    self._cond.wait_for(lambda: self._stopping, backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            except Exception:  # noqa: BLE001 - the fetcher must survive anything
+                log.exception("fetching failed")
+                time.sleep(0.1)
+                continue
+            backoff = 0.1
+            if got:
+                continue
+            with self._cond:
+                # Nothing taken: wait for a message on a queue with room, for
+                # room, or for a change of models.
+                self._armed = {queue_for(m) for m in self._serving if self._room(m) > 0}
+                self._cond.notify_all()
+                if not self._woken and not self._stopping:
+                    self._cond.wait(IDLE_RECHECK_S)
+                self._armed = set()
+
+    def _fetch_once(self) -> int:
+        with self._fetch_lock:
+            wants = [(queue_for(m), self._room(m)) for m in list(self._serving)]
+            wants = [(q, n) for q, n in wants if n > 0]
+            if not wants:
+                return 0
+            holder = self.holder
+            got = self.deliveries.fetch(holder, wants, self._next_tag)
+            self._next_tag += len(got)
+            for delivery in got:
+                try:
+                    self._on_delivery(delivery, holder)
+                except Exception:  # noqa: BLE001 - one job must not stop the others
+                    log.exception("could not take delivery %s from %s", delivery.tag, delivery.queue)
+            return len(got)
+
+    def _watch(self, queue: str, stop: threading.Event) -> None:
+        """Wake the fetcher when `queue` gets a message, while the fetcher waits for one."""
+        client = redis.Redis.from_url(self._url, socket_connect_timeout=2, socket_timeout=WATCH_S + 5)
+        backoff = 0.1
+        while not stop.is_set():
+            with self._cond:
+                self._cond.wait_for(lambda: stop.is_set() or queue in self._armed)
+            if stop.is_set():
+                break
+            try:
+                # Moves the queue's last element back onto itself: nothing
+                # changes, but it returns the moment the queue is not empty.
+                hit = client.blmove(queue, queue, WATCH_S, "RIGHT", "RIGHT")
+            except _REDIS_ERRORS:
+                stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            backoff = 0.1
+            if hit is not None:
+                with self._cond:
+                    self._armed.discard(queue)
+                    self._woken = True
+                    self._cond.notify_all()
+        client.close()
+
+    def _retrying(self, fn, what: str, give_up_after: float | None = None):
+        """Redis calls that must happen: retried until they do (or `give_up_after` s)."""
+        deadline = None if give_up_after is None else time.monotonic() + give_up_after
+        delay = 0.1
+        while True:
+            try:
+                return fn()
+            except _REDIS_ERRORS as exc:
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    log.error("could not %s: %s", what, exc)
+                    return None
+                log.warning("could not %s (%s); retrying in %.1fs", what, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+
+
+class KombuSource:
+    """Jobs delivered through Celery's consumer (RabbitMQ, or any broker but Redis).
+
+    The consumer thread owns the broker connection: queues are added and
+    cancelled, and messages acked or given back, on that thread.
+    """
+
+    kind = "kombu"
+    acks_with_results = False
+
+    def __init__(self, consumer, step_timeout: float = 30.0):
+        self.consumer = consumer
+        self._step_timeout = step_timeout
+        self._serving: set[str] = set()
+        self._pending: deque = deque()  # (job, action) for the consumer thread
+
+    def start(self) -> "KombuSource":
+        return self
+
+    def serve(self, model_id: str) -> None:
+        self._serving.add(model_id)
+        self.consumer.call_soon(lambda: self.consumer.add_task_queue(queue_for(model_id)))
+
+    def unserve(self, model_id: str) -> None:
+        self._serving.discard(model_id)
+        self._on_consumer(lambda: self.consumer.cancel_task_queue(queue_for(model_id)))
+
+    def serves(self) -> list[str]:
+        return list(self._serving)
+
+    def resume(self) -> None:
+        """After a reconnection: consume the served queues again (consumer thread)."""
+        for model_id in self._serving:
+            self.consumer.add_task_queue(queue_for(model_id))
+
+    def wake(self) -> None:
+        pass  # the broker pushes as acks free prefetch slots
+
+    def waiting(self, model_id: str) -> int | None:
+        """Messages waiting in the model's queue, asked on a connection of its own."""
+        try:
+            with self.consumer.app.connection_for_write() as conn:
+                channel = conn.channel()
+                try:
+                    return int(channel.queue_declare(queue=queue_for(model_id), passive=True).message_count)
+                finally:
+                    channel.close()
+        except Exception:  # noqa: BLE001 - kombu raises many kinds; unknown is an answer
+            return None
+
+    def ack(self, jobs) -> None:
+        self._each_on_consumer(jobs, lambda message: message.ack())
+
+    def hand_back(self, jobs) -> int:
+        self._each_on_consumer(jobs, lambda message: message.reject(requeue=True))
+        return len(jobs)
+
+    def beat(self) -> bool:
+        return True
+
+    def stop(self) -> None:
+        pass
+
+    def retire(self) -> int:
+        return 0
+
+    def _each_on_consumer(self, jobs, action) -> None:
+        self._pending.extend((job, action) for job in jobs if job.tag is not None)
+        if threading.current_thread() is threading.main_thread():
+            self.flush()  # the worker's main thread is the consumer thread
+        else:
+            self.consumer.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Ack or give back what other threads asked for (consumer thread only)."""
+        errors = self.consumer.connection_errors
+        while self._pending:
+            job, action = self._pending.popleft()
+            try:
+                action(job.tag)
+            except errors as exc:
+                # The connection that delivered it is gone: the broker has
+                # given the message back already.
+                log.info("job %s: its delivery ended with the connection (%s)", job.id, exc)
+            except Exception:  # noqa: BLE001 - one message must not stop the others
+                log.exception("job %s: could not finish its delivery", job.id)
+
+    def _on_consumer(self, fn) -> None:
+        """Run `fn` on the consumer thread and wait for it."""
+        if threading.current_thread() is threading.main_thread():
+            fn()
+            return
+        done = threading.Event()
+
+        def run():
+            try:
+                fn()
+            finally:
+                done.set()
+
+        self.consumer.call_soon(run)
+        if not done.wait(self._step_timeout):
+            log.warning("the consumer thread did not run a step within %.0fs", self._step_timeout)
+
+
+def make_source(settings, consumer, on_delivery, room):
+    """The job source for this worker's broker."""
+    if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisSource(settings, consumer.hostname, on_delivery, room)
+    return KombuSource(consumer)

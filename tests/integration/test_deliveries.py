@@ -1,0 +1,161 @@
+"""The Redis delivery protocol (common/deliveries.py) against a real Redis, and the pinned kombu and Celery.
+
+Each test works on queues and holders of its own names, so they share the
+session's server without interfering.
+"""
+
+import threading
+import time
+import uuid
+
+import pytest
+import redis
+from celery import Celery
+from kombu import Connection
+
+from common import envelope, protocol
+from common.deliveries import BEATS_KEY, Deliveries, Reaper, lists_of, new_holder
+
+
+@pytest.fixture
+def client(redis_url):
+    return redis.Redis.from_url(redis_url)
+
+
+@pytest.fixture
+def deliveries(client):
+    return Deliveries(client)
+
+
+@pytest.fixture
+def queue():
+    return f"infer.test-{uuid.uuid4().hex[:8]}"
+
+
+def push(client, queue, n, start=0):
+    """n messages written as the webapp writes them; returns their job ids, oldest first."""
+    ids = [f"job-{start + i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
+    for job_id in ids:
+        client.lpush(queue, envelope.write(job_id, queue, {"model_id": "m", "inputs": ["x"]}, "", "test"))
+    return ids
+
+
+def ids_of(raw_messages):
+    return [envelope.read(raw).job_id for raw in raw_messages]
+
+
+def queued_ids(client, queue):
+    """Job ids in the order consumers will read them (kombu pops from the right)."""
+    return ids_of(reversed(client.lrange(queue, 0, -1)))
+
+
+def test_fetch_moves_messages_into_the_holder_oldest_first(client, deliveries, queue):
+    ids = push(client, queue, 5)
+    holder = new_holder("w@test")
+    got = deliveries.fetch(holder, [(queue, 3)], first_tag=1)
+    assert [d.tag for d in got] == ["1", "2", "3"] and {d.queue for d in got} == {queue}
+    assert ids_of(d.raw for d in got) == ids[:3]
+    assert queued_ids(client, queue) == ids[3:]
+    assert ids_of(deliveries.held(holder).values()) == ids[:3]
+
+
+def test_fetch_reads_kombus_priority_lists_after_the_plain_one(client, deliveries, queue):
+    low = push(client, lists_of(queue)[2], 1)
+    plain = push(client, queue, 1)
+    got = deliveries.fetch(new_holder("w@test"), [(queue, 5)], first_tag=1)
+    assert ids_of(d.raw for d in got) == plain + low and {d.queue for d in got} == {queue}
+
+
+def test_hand_back_puts_messages_at_the_front_in_their_order(client, deliveries, queue):
+    ids = push(client, queue, 6)
+    holder = new_holder("w@test")
+    got = deliveries.fetch(holder, [(queue, 4)], first_tag=10)
+    assert deliveries.hand_back(holder, [got[2].tag, got[0].tag, "999"]) == 2
+    assert queued_ids(client, queue) == [ids[0], ids[2], ids[4], ids[5]]
+    assert ids_of(deliveries.held(holder).values()) == [ids[1], ids[3]]
+
+
+def test_a_silent_holder_is_reaped_exactly_once_by_concurrent_reapers(client, deliveries, redis_url, queue):
+    """Eight reapers at once: every delivery goes back once, none twice, none lost."""
+    ids = push(client, queue, 50)
+    holder = new_holder("w@test")
+    assert deliveries.beat(holder)
+    deliveries.fetch(holder, [(queue, 40)], first_tag=1)
+    client.zadd(BEATS_KEY, {holder: 1.0})  # its last beat was long ago
+    results, barrier = [], threading.Barrier(8)
+    reapers = [Deliveries(redis.Redis.from_url(redis_url)) for _ in range(8)]
+
+    def reap(reaper):
+        barrier.wait()
+        results.extend(r for r in reaper.reap(6.0) if r.holder == holder)
+
+    threads = [threading.Thread(target=reap, args=(r,)) for r in reapers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 1 and results[0].count == 40 and sorted(results[0].job_ids) == sorted(ids[:40])
+    assert queued_ids(client, queue) == ids  # back at the front, in their order, ahead of the 10 left
+    assert deliveries.held(holder) == {} and not deliveries.beat(holder)  # it learns it was declared dead
+
+
+def test_a_beating_holder_is_never_reaped(client, deliveries, queue):
+    push(client, queue, 3)
+    holder = new_holder("w@test")
+    assert deliveries.beat(holder)
+    deliveries.fetch(holder, [(queue, 3)], first_tag=1)
+    assert all(r.holder != holder for r in deliveries.reap(6.0))
+    assert len(deliveries.held(holder)) == 3 and deliveries.retire(holder) == 3
+    assert client.llen(queue) == 3 and client.zscore(BEATS_KEY, holder) is None
+
+
+def test_the_reaper_requeues_the_records_of_jobs_the_dead_holder_was_running(client, deliveries, queue):
+    ids = push(client, queue, 2)
+    holder = new_holder("w@test")
+    deliveries.beat(holder)
+    deliveries.fetch(holder, [(queue, 2)], first_tag=1)
+    client.hset(protocol.job_key(ids[0]), mapping={"status": "running", "holder": holder, "started_at": "1"})
+    client.hset(protocol.job_key(ids[1]), mapping={"status": "running", "holder": "someone-else", "started_at": "1"})
+    client.zadd(BEATS_KEY, {holder: 1.0})
+    reaper = Reaper(deliveries, client, client, heartbeat_s=2.0)
+    assert any(r.holder == holder for r in reaper.reap_once())
+    assert client.hget(protocol.job_key(ids[0]), "status") == b"queued"
+    assert client.hget(protocol.job_key(ids[0]), "started_at") is None
+    assert client.hget(protocol.job_key(ids[1]), "status") == b"running"  # another worker took it since
+
+
+def test_stock_kombu_reads_what_the_webapp_writes_and_what_is_handed_back(client, deliveries, redis_url, queue):
+    """Contract: our envelope and our hand-back leave messages the pinned kombu consumes as it would its own."""
+    ids = push(client, queue, 2)
+    holder = new_holder("w@test")
+    got = deliveries.fetch(holder, [(queue, 2)], first_tag=1)
+    deliveries.hand_back(holder, [d.tag for d in got])
+    with Connection(redis_url) as conn:
+        simple = conn.SimpleQueue(queue)
+        seen = []
+        for _ in range(2):
+            message = simple.get(timeout=5)
+            seen.append(message.headers["id"])
+            assert message.content_type == "application/json"
+            assert message.decode()[1] == {"model_id": "m", "inputs": ["x"]}
+            message.ack()
+        simple.close()
+    assert seen == ids
+
+
+def test_we_read_what_celery_send_task_writes(client, deliveries, redis_url, queue):
+    """Contract: a job sent by any Celery client is fetched and read like the webapp's."""
+    app = Celery("client", broker=redis_url)
+    app.conf.update(task_serializer="json", accept_content=["json"])
+    sent = app.send_task("tasks.infer", args=["m", ["hello"]], kwargs={"parameters": {"top_k": 2}}, queue=queue,
+                         priority=0)
+    deadline = time.monotonic() + 5
+    got = []
+    while not got and time.monotonic() < deadline:
+        got = deliveries.fetch(new_holder("w@test"), [(queue, 1)], first_tag=1)
+    message = envelope.read(got[0].raw)
+    assert message.job_id == sent.id and message.headers["task"] == "tasks.infer"
+    assert message.content_type == "application/json"
+    import json
+
+    assert json.loads(message.body)[:2] == [["m", ["hello"]], {"parameters": {"top_k": 2}}]
