@@ -64,18 +64,28 @@ def port_free(port: int) -> bool:
 
 
 class EmbeddedRedis:
-    """A private Redis-compatible server process; nothing is kept on disk."""
+    """A private Redis-compatible server process.
 
-    def __init__(self, port: int | None = None):
+    With `persist_dir` it keeps an append-only file there, fsynced every
+    second (`make run` does): a restart then loses no accepted job, and a
+    crash (kill -9) at most the last second of writes. Without, nothing is
+    kept on disk (tests).
+    """
+
+    def __init__(self, port: int | None = None, persist_dir: str | None = None):
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.dir = tempfile.mkdtemp(prefix="atf-redis-")
+        self.persistent = persist_dir is not None
+        self.dir = persist_dir or tempfile.mkdtemp(prefix="atf-redis-")
+        os.makedirs(self.dir, exist_ok=True)
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 10.0) -> "EmbeddedRedis":
+        persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if self.persistent else [
+            "--appendonly", "no"]
         self.process = subprocess.Popen(
-            [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--logfile", os.path.join(self.dir, "server.log")],
+            [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence,
+             "--dir", self.dir, "--logfile", os.path.join(self.dir, "server.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
@@ -88,14 +98,23 @@ class EmbeddedRedis:
         self.stop()
         raise RuntimeError(f"embedded Redis did not answer on port {self.port} within {timeout:.0f}s")
 
-    def stop(self) -> None:
+    def halt(self, kill: bool = False) -> None:
+        """Stop the server process, keeping its files: SIGTERM (it writes its AOF out) or SIGKILL."""
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
             try:
-                self.process.wait(5)
+                self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
+                self.process.wait()
+
+    def stop(self) -> None:
+        self.halt()
+        if not self.persistent:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self):
         return self.start()
@@ -104,7 +123,18 @@ class EmbeddedRedis:
         self.stop()
 
 
-def find_or_start(environ=None) -> tuple[str, EmbeddedRedis | None, str]:
+def persistence_of(url: str) -> str | None:
+    """Why a restart of the Redis at `url` would lose jobs, or None when it keeps an AOF."""
+    try:
+        config = redis.Redis.from_url(url, socket_connect_timeout=2).config_get("appendonly")
+    except (redis.RedisError, OSError):
+        return None  # CONFIG may be disabled (managed Redis): nothing to tell
+    if config.get("appendonly") != "yes":
+        return "it keeps no append-only file (appendonly no): a restart of it loses the jobs queued in it"
+    return None
+
+
+def find_or_start(environ=None, persist_dir: str | None = None) -> tuple[str, EmbeddedRedis | None, str]:
     """(url, server we started or None, how it was found)."""
     env = os.environ if environ is None else environ
     url = env.get("REDIS_URL")
@@ -115,5 +145,8 @@ def find_or_start(environ=None) -> tuple[str, EmbeddedRedis | None, str]:
     local = f"redis://localhost:{DEFAULT_PORT}/0"
     if redis_answers(local):
         return local, None, f"the Redis on localhost:{DEFAULT_PORT}"
-    server = EmbeddedRedis(DEFAULT_PORT if port_free(DEFAULT_PORT) else None).start()
-    return server.url, server, f"an embedded Redis ({server_binary()}) on port {server.port}"
+    server = EmbeddedRedis(DEFAULT_PORT if port_free(DEFAULT_PORT) else None, persist_dir=persist_dir).start()
+    how = f"an embedded Redis ({server_binary()}) on port {server.port}"
+    if persist_dir:
+        how += f", append-only file in {persist_dir}"
+    return server.url, server, how

@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.request
 
-from devtools.redis_server import find_or_start
+from devtools.redis_server import find_or_start, persistence_of
 
 PYTHON = sys.executable
 BIN = os.path.dirname(PYTHON)
@@ -97,9 +97,12 @@ def main() -> int:
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("PRELOAD_MODELS", "minilm,sentiment_model")
     env.setdefault("MODEL_DIR", os.path.abspath("models"))
-    url, embedded, how = find_or_start(env)
+    url, embedded, how = find_or_start(env, persist_dir=os.path.abspath(os.path.join(".data", "redis")))
     env["REDIS_URL"] = url
     say(f"Redis: {how} ({url})")
+    risk = persistence_of(url)
+    if risk:
+        say(f"warning: {risk} (see the README's reliability section)")
 
     children: list[Child] = []
     stopping = threading.Event()
