@@ -43,6 +43,12 @@ DEFAULT_CACHE_TTL = 3600  # 0 turns the response cache off
 DEFAULT_CACHE_L1_ITEMS = 10_000
 DEFAULT_CACHE_L1_BYTES = 64 * 1024 * 1024
 DEFAULT_RESULT_TTL = 3600
+# What a result (and its job record) lives once POST /predict has answered
+# it with 200: the client has it, so keeping it RESULT_TTL only costs Redis
+# memory (a job's keys are most of it at a high request rate). Long enough
+# for a client that lost the answer to GET /jobs/<id> it; a /predict that
+# answered 202 keeps RESULT_TTL, since its client polls.
+DEFAULT_DELIVERED_RESULT_TTL = 300
 
 # Waiting jobs per model queue before POSTs are refused with 429.
 DEFAULT_MAX_QUEUE_DEPTH = 10_000
@@ -101,6 +107,7 @@ class Settings:
     worker_prefetch: int = DEFAULT_WORKER_PREFETCH
     cache_ttl: int = DEFAULT_CACHE_TTL
     result_ttl: int = DEFAULT_RESULT_TTL
+    delivered_result_ttl: int = DEFAULT_DELIVERED_RESULT_TTL
     max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH
     max_input_chars: int = DEFAULT_MAX_INPUT_CHARS
     max_items_per_request: int = DEFAULT_MAX_ITEMS_PER_REQUEST
@@ -239,6 +246,7 @@ _PARSERS = {
     "worker_prefetch": _int(1, 100_000),
     "cache_ttl": _int(0),
     "result_ttl": _int(1),
+    "delivered_result_ttl": _int(1),
     "max_queue_depth": _int(1),
     "max_input_chars": _int(1),
     "max_items_per_request": _int(1, 100_000),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 
+import orjson
+
 from common.params import validate_parameters
 from common.protocol import INFER_TASK
 from common.settings import get_settings
@@ -45,4 +47,8 @@ def infer(model_id, inputs, parameters=None, is_list=None):
     outputs = []
     for start in range(0, len(encodings), settings.max_batch_size):
         outputs.extend(loaded.runner.run(encodings[start:start + settings.max_batch_size], params))
+    # Runners may return numpy arrays (feature-extraction: float32 vectors).
+    # Celery's JSON serializer takes plain lists; through orjson they become
+    # the floats of float32's shortest form, so its JSON is as compact.
+    outputs = orjson.loads(orjson.dumps(outputs, option=orjson.OPT_SERIALIZE_NUMPY))
     return outputs[0] if single else outputs

@@ -145,7 +145,7 @@ class Reporter:
         for job in jobs:
             if job.cancelled or job.skipped:
                 continue  # the cancellation, or another worker's result, is stored already
-            meta_json = orjson.dumps(self._meta(job, date_done))
+            meta_json = orjson.dumps(self._meta(job, date_done), option=orjson.OPT_SERIALIZE_NUMPY)
             channel, reply = "", b""
             if job.reply_to and job.reply_to.startswith(protocol.REPLY_CHANNEL_PREFIX):
                 # The same document plus the job's timings and cache keys, without encoding the result twice.
@@ -170,7 +170,7 @@ class Reporter:
         holder_key = deliveries_key(folded[0].holder) if folded else ""
         args = [self.ttl, repr(now), len(written)] + args + [self.cache_ttl or 1, len(cached)]
         for key, output in cached.items():  # never an error: only succeeded jobs' outputs
-            args += [key, orjson.dumps(output)]
+            args += [key, orjson.dumps(output, option=orjson.OPT_SERIALIZE_NUMPY)]
         args += [holder_key, len(folded)] + [job.tag for job in folded]
 
         def write():

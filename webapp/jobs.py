@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import threading
 import time
 import uuid
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 # MAX_QUEUE_DEPTH check to a few broker calls per second per process.
 QUEUE_DEPTH_CACHE_S = 0.5
 READY_STATES = ("SUCCESS", "FAILURE", "REVOKED")
+# How often a process sends the shortened TTLs of the results its /predict
+# delivered: one pipeline per interval, whatever the request rate.
+DELIVERED_FLUSH_S = 0.5
 _REDIS_ERRORS = (redis.RedisError, OSError)
 
 
@@ -73,6 +77,8 @@ class JobService:
         # Identical requests in flight from this process: coalescing key -> (job id, waiter).
         self._inflight: dict[str, tuple[str, Waiter]] = {}
         self._inflight_lock = threading.Lock()
+        self._delivered: queue.SimpleQueue = queue.SimpleQueue()  # job ids whose keys to shorten
+        self._delivered_pid: int | None = None
 
     # -- publishing -------------------------------------------------------
 
@@ -199,6 +205,34 @@ class JobService:
                 if self._inflight.get(key, (None,))[0] == waiter.job_id:
                     del self._inflight[key]
         self.listener.discard(waiter.job_id)
+
+    def delivered(self, job_id: str) -> None:
+        """/predict answered 200 with this job's result: shorten its keys to DELIVERED_RESULT_TTL, soon."""
+        if self.settings.delivered_result_ttl >= self.settings.result_ttl:
+            return
+        self._delivered.put(job_id)
+        if self._delivered_pid != os.getpid():  # one thread per process, started in it: gunicorn forks
+            with self._inflight_lock:
+                if self._delivered_pid != os.getpid():
+                    self._delivered_pid = os.getpid()
+                    threading.Thread(target=self._expire_delivered, name="delivered-ttl", daemon=True).start()
+
+    def _expire_delivered(self) -> None:
+        """Thread: every DELIVERED_FLUSH_S, one pipeline of EXPIRE … LT (never lengthens) for what was delivered."""
+        ttl = self.settings.delivered_result_ttl
+        while True:
+            job_ids = [self._delivered.get()]
+            time.sleep(DELIVERED_FLUSH_S)
+            while not self._delivered.empty():
+                job_ids.append(self._delivered.get())
+            try:
+                with self.results.pipeline(transaction=False) as pipe:
+                    for job_id in job_ids:
+                        pipe.expire(protocol.result_key(job_id), ttl, lt=True)
+                        pipe.expire(protocol.job_key(job_id), ttl, lt=True)
+                    pipe.execute()
+            except Exception as exc:  # noqa: BLE001 - the thread must survive; they keep RESULT_TTL, nothing lost
+                log.warning("could not shorten the TTL of %d delivered result(s): %s", len(job_ids), exc)
 
     def store_completed(self, model_id: str, result) -> str:
         """A job answered wholly from the cache: recorded as succeeded, nothing queued."""

@@ -63,7 +63,14 @@ class FeatureExtractionRunner(Runner):
         return [Encoding(length=len(seq), ids=seq) for seq in ids]
 
     def run(self, encodings: list[Encoding], params: dict) -> list:
-        """One forward pass over the batch; one output per encoding, in order."""
+        """One forward pass over the batch; one output per encoding, in order.
+
+        Each output is a float32 numpy array (the pooled vector, or the
+        token-vector matrix for pooling "none"), not a list of Python
+        floats: serialized with orjson.OPT_SERIALIZE_NUMPY it is written in
+        float32's shortest form (~10 characters a value instead of ~19 for
+        a float64 repr) and reads back to the identical float32 values.
+        """
         torch = self._torch
         longest = max(e.length for e in encodings)
         pad = [self.pad_id] * longest
@@ -76,12 +83,13 @@ class FeatureExtractionRunner(Runner):
             if pooling == "none":
                 if params.get("normalize"):
                     hidden = torch.nn.functional.normalize(hidden, p=2, dim=-1)
-                hidden = hidden.float().cpu()
-                return [hidden[row, : enc.length].tolist() for row, enc in enumerate(encodings)]
+                # C-contiguous (orjson serializes only those); each row a view of it
+                hidden = hidden.float().cpu().contiguous().numpy()
+                return [hidden[row, : enc.length] for row, enc in enumerate(encodings)]
             pooled = pool(torch, hidden, mask.to(self.device), pooling)
             if params.get("normalize"):
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
-            return pooled.float().cpu().tolist()
+            return list(pooled.float().cpu().contiguous().numpy())
 
 
 def pool(torch, hidden, mask, mode: str):

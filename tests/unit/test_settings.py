@@ -42,6 +42,7 @@ def test_values_are_parsed_to_their_types():
     ("REDIS_URL", "http://localhost"),
     ("RESULT_BACKEND", "amqp://localhost"),
     ("RESULT_TTL", "0"),
+    ("DELIVERED_RESULT_TTL", "0"),
 ])
 def test_bad_value_names_the_variable(name, value):
     """A bad value raises SettingsError whose message names the variable."""

@@ -109,6 +109,7 @@ def predict():
         error.details["job_id"] = job_id
         raise error
     svc.cache.remember_outputs(payload.get("cache_keys"), result if req.is_list else [result])
+    svc.jobs.delivered(job_id)  # the client has the result: its keys need not live RESULT_TTL
     timings = dict(payload.get("timings") or {})
     if acc.cached:
         timings["cached_items"] = len(acc.cached)
