@@ -297,23 +297,7 @@ class JobService:
 
     def cancel(self, job_id: str) -> dict:
         """Cancel a job that has not started; 409 once it runs or is done."""
-        now = time.time()
-        try:
-            before, reply_to = self._cancel(keys=[protocol.job_key(job_id)], args=[repr(now)])
-        except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot reach Redis: {exc}") from None
-        before, reply_to = before.decode(), reply_to.decode()
-        if not before:
-            raise JobNotFound(f"no job {job_id!r} (unknown, or expired after RESULT_TTL)")
-        if before == protocol.QUEUED:
-            self._store_cancelled(job_id, reply_to)
-        elif before != protocol.CANCELLED:
-            raise JobNotCancellable(f"job {job_id} is {before}; only a queued job can be cancelled")
-        return {"job_id": job_id, "status": protocol.CANCELLED}
-
-    def _store_cancelled(self, job_id: str, reply_to: str) -> None:
-        # Stored as Celery stores a revoked task, and published so a request
-        # waiting on the job (in any webapp process) answers at once.
+        # Stored as Celery stores a revoked task (common/lua/cancel_job.lua).
         meta = json.dumps({
             "status": "REVOKED",
             "result": {"exc_type": "JobCancelled", "exc_message": ["the job was cancelled"],
@@ -323,13 +307,16 @@ class JobService:
             "date_done": datetime.now(timezone.utc).isoformat(),
             "task_id": job_id,
         })
-        key = protocol.result_key(job_id)
-        with self.results.pipeline(transaction=False) as pipe:
-            pipe.setex(key, self.settings.result_ttl, meta)
-            pipe.publish(key, meta)
-            if reply_to:
-                pipe.publish(reply_to, meta)
-            pipe.execute()
+        try:
+            before = self._cancel(keys=[protocol.job_key(job_id), protocol.result_key(job_id)],
+                                  args=[repr(time.time()), meta, self.settings.result_ttl]).decode()
+        except _REDIS_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot reach Redis: {exc}") from None
+        if not before:
+            raise JobNotFound(f"no job {job_id!r} (unknown, or expired after RESULT_TTL)")
+        if before not in (protocol.QUEUED, protocol.CANCELLED):
+            raise JobNotCancellable(f"job {job_id} is {before}; only a queued job can be cancelled")
+        return {"job_id": job_id, "status": protocol.CANCELLED}
 
     # -- health -----------------------------------------------------------
 
