@@ -7,6 +7,8 @@ mapping, so they agree on broker, serialization and result storage.
 
 from common.settings import Settings, get_settings
 
+AMQP_HEARTBEAT_S = 10
+
 
 def celery_conf(s: Settings) -> dict:
     """Celery's settings for the service settings `s`."""
@@ -15,15 +17,22 @@ def celery_conf(s: Settings) -> dict:
         result_backend=s.result_backend,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
-            # An unacknowledged message returns to its queue after this long
-            # when its worker died (Redis broker; RabbitMQ redelivers on
-            # disconnect).
+            # Redis: the last resort for a message consumed through kombu
+            # and never acknowledged. Inference jobs are not (the workers
+            # fetch them themselves and a dead worker's come back within
+            # three heartbeats: common/deliveries.py); this covers any other
+            # consumer of these queues.
             "visibility_timeout": s.visibility_timeout,
-            # Look for such messages every few seconds (one ZRANGE per
-            # worker), not kombu's default of every ~100 s.
             "unacked_restore_interval": max(1, min(10, s.visibility_timeout // 4)),
             "unacked_restore_throttle": 1,
+            # RabbitMQ: a job is accepted only once the broker confirms it
+            # holds it (persisted, for the durable queues Celery declares).
+            "confirm_publish": True,
         },
+        # RabbitMQ: a worker whose host vanished (no TCP reset) is dropped,
+        # and its unacknowledged jobs redelivered, after two missed
+        # heartbeats: 20 s rather than Celery's default of 4 minutes.
+        broker_heartbeat=AMQP_HEARTBEAT_S,
         result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
         # JSON only: a broker message must never be able to run code.
         task_serializer="json",

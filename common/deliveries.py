@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -174,17 +175,29 @@ class Reaper:
         self._reset = results.register_script(lua.source("reset_jobs"))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._warned = False
+        self._blind_since: float | None = None  # when this reaper lost Redis
+        self._grace_until = 0.0
 
     def reap_once(self) -> list[Reaped]:
+        now = time.monotonic()
+        if now < self._grace_until:
+            return []
         try:
+            # A reaper that could not reach Redis (a restart, a cut link) saw
+            # no beats either: the workers get three beats to be heard again
+            # before anyone is declared dead.
+            if self._blind_since is not None:
+                self.deliveries.redis.ping()
+                log.info("Redis is back; looking for dead workers again in %.0fs", stale_after(self.heartbeat_s))
+                self._blind_since = None
+                self._grace_until = now + stale_after(self.heartbeat_s)
+                return []
             reaped = self.deliveries.reap(stale_after(self.heartbeat_s))
         except _REDIS_ERRORS as exc:
-            if not self._warned:
+            if self._blind_since is None:
                 log.warning("cannot look for dead workers: %s", exc)
-                self._warned = True
+                self._blind_since = now
             return []
-        self._warned = False
         for dead in reaped:
             log.warning("worker %s missed %d heartbeats: %d job(s) it held are back in their queues",
                         dead.holder, MISSED_BEATS, dead.count)

@@ -22,48 +22,15 @@ import time
 from common import failpoints
 from common.cache import cache_key
 from common.errors import DeadlineExceeded, InferenceFailed, ServiceError, WorkerLost
-from common.params import validate_parameters
-from model_store.store import default_parameters
-from tasks.costmodel import CALIBRATION_SHAPES, CostModel
 from tasks.jobs import Job
+from tasks.lane_changes import LaneChanges
+from tasks.lanes import Lane, calibrate, encode
 from tasks.planning import Item, plan_batch, run_isolating
 from tasks.reporting import CANCELLED, FINISHED_ELSEWHERE, KILLS_WORKERS, RUN_ALONE
 
 log = logging.getLogger(__name__)
 
-# A worker holds two batches' worth of items (by its cost model), and at
-# least this many: enough for batching to start whatever the calibration said.
-MIN_HELD_ITEMS = 16
-
-
-class Lane:
-    """One loaded model's jobs: received, and encoded items waiting to run."""
-
-    def __init__(self, model, on_ready=None):
-        self.model = model
-        self.runner = model.runner
-        self.on_ready = on_ready  # called (device thread) once calibrated
-        self.last_used = time.time()
-        self.incoming: list[Item] = []  # encoded on the consumer thread; guarded by the condition
-        self.waiting: list[Item] = []  # device thread only
-        self.leaders: dict[str, Item] = {}  # cache key -> the item computing it; guarded by the condition
-        self.in_hand = 0  # jobs received and not finished
-        self.items_in_hand = 0  # their items still to compute
-        self.length_avg = 32.0  # tokens per item, a moving average (sizes the room for more jobs)
-        self.items_per_job = 1.0  # items to compute per job, a moving average
-        self.cost = CostModel()
-        self.calibrated = False
-
-    def oldest(self) -> float | None:
-        """Receipt time of the oldest job with work here, or None when idle."""
-        if self.waiting:
-            return self.waiting[0].job.received_at
-        if self.incoming:
-            return self.incoming[0].job.received_at
-        return None
-
-
-class Batcher:
+class Batcher(LaneChanges):
     """Runs the batches of every model a worker serves, on one device thread."""
 
     def __init__(self, settings, reporter, holder=lambda: "", on_room=lambda: None):
@@ -80,7 +47,8 @@ class Batcher:
         self._actions: list = []  # model changes, run by the device thread between batches
         self._seq = itertools.count()
         self._stopping = False
-        self._unstarted: list[Job] = []  # what stop() hands back
+        self._unstarted: list[Job] = []  # what join() hands back
+        self._in_flight: set[Job] = set()  # jobs of the batch being run; guarded by the condition
         self._thread = threading.Thread(target=self._loop, name="device-batcher", daemon=True)
 
     def start(self) -> "Batcher":
@@ -151,24 +119,12 @@ class Batcher:
         return lane.in_hand if lane is not None else 0
 
     def room(self, model_id: str) -> int:
-        """How many more jobs of `model_id` to take now: two batches' worth, by the cost model.
-
-        A worker holds no more than it can run soon, so that with several
-        workers none sits idle while another holds a backlog; two batches,
-        so the next one is ready the moment the device is free. Never more
-        than WORKER_PREFETCH jobs in all; at least one job when idle.
-        """
+        """How many more jobs of `model_id` to take now (see Lane.room); 0 before it is calibrated."""
         lane = self._lanes.get(model_id)
         if lane is None or not lane.calibrated:
             return 0
-        lanes = list(self._lanes.values())
-        jobs_room = self.max_jobs - sum(other.in_hand for other in lanes)
-        best = lane.cost.best_batch(max(1, round(lane.length_avg)), self.max_items, self.max_tokens)
-        # A floor, so that a calibration skewed by a busy machine cannot starve batching.
-        items_room = max(2 * best, min(MIN_HELD_ITEMS, 2 * self.max_items)) - lane.items_in_hand
-        if items_room <= 0 or jobs_room <= 0:
-            return 0
-        return min(jobs_room, max(1, int(items_room / max(lane.items_per_job, 1.0))))
+        held = sum(other.in_hand for other in list(self._lanes.values()))
+        return lane.room(self.max_jobs - held, self.max_items, self.max_tokens)
 
     def submit(self, job: Job) -> bool:
         """Take a job (consumer thread); False when its model is not served here.
@@ -181,7 +137,7 @@ class Batcher:
             if lane is None:
                 return False
             model = lane.model
-            encodings = self._encode(model, job)
+            encodings = encode(model, job, self.max_new_tokens)
             if job.error is not None:
                 self.reporter.finish(model.model_id, [job])
                 return True
@@ -202,9 +158,7 @@ class Batcher:
                     lane.incoming.append(item)
                     lane.length_avg += 0.05 * (enc.length - lane.length_avg)
                 job.todo = len(todo)
-                lane.in_hand += 1
-                lane.items_in_hand += job.todo
-                lane.items_per_job += 0.05 * (job.todo - lane.items_per_job)
+                lane.took(job)
                 self._cond.notify()
             break
         else:
@@ -213,43 +167,38 @@ class Batcher:
             self._finish(lane, [job])
         return True
 
-    def _encode(self, model, job: Job) -> list:
-        """The job's items tokenized for `model` (the job fails on a bad input)."""
-        try:
-            # The webapp validated them; a message from another client may not have been.
-            validate_parameters(model.task, job.params, default_parameters(model.info, model.task),
-                                self.max_new_tokens)
-            todo_inputs = [item for i, item in enumerate(job.inputs) if i not in job.prefilled]
-            return model.runner.encode(todo_inputs, job.params)
-        except ServiceError as exc:
-            job.fail(exc)
-        except Exception as exc:  # noqa: BLE001 - a tokenizer crash fails only this job
-            job.fail(InferenceFailed(f"cannot encode the inputs: {type(exc).__name__}: {exc}"))
-        return []
+    def stop(self) -> list[Job]:
+        """Stop taking batches; return the jobs not started, for the caller to hand back now.
 
-    def stop(self, timeout: float = 30.0) -> list[Job]:
-        """Finish the batch in flight and the jobs already started, then stop.
-
-        Returns the jobs not started, for the caller to hand back to their
-        queues at once (a warm shutdown).
+        The batch in flight, and the jobs it started, are finished: `join()`.
+        Every other job leaves at once, without waiting for that batch
+        (a warm shutdown).
         """
         with self._cond:
             self._stopping = True
+            unstarted = self._take_unstarted()
             self._cond.notify()
+        return unstarted
+
+    def join(self, timeout: float = 30.0) -> list[Job]:
+        """Wait for the batch in flight and the started jobs; any job left over (to hand back)."""
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("the batch in flight did not finish within %.0fs", timeout)
             return []
         return self._unstarted
 
-    def drop_unstarted(self, which, timeout: float = 300.0) -> int:
-        """Forget the jobs not yet started for which `which(job)` is true; how many.
+    def drop_unstarted(self, which) -> None:
+        """Forget, between two batches, the jobs not yet started for which `which(job)` is true.
 
         Their messages went back to the queue without this worker (it was
         declared dead, or its broker connection dropped): another worker
-        runs them, so this one must not.
+        runs them, so this one must not. Returns at once: the caller (the
+        heartbeat thread) must not wait for a long batch to end.
         """
-        return self._on_device(lambda: self._drop(which), timeout) or 0
+        with self._cond:
+            self._actions.append(lambda: self._drop(which))
+            self._cond.notify()
 
     # -- the device thread -----------------------------------------------
 
@@ -281,7 +230,12 @@ class Batcher:
                 batch = plan_batch(lane.waiting, self.max_items, self.max_tokens, lane.cost)
                 chosen = set(map(id, batch))
                 lane.waiting = [it for it in lane.waiting if id(it) not in chosen]
+                with self._cond:
+                    # What a warm shutdown lets finish (see _take_unstarted).
+                    self._in_flight = {job for it in batch for job in it.jobs() if not job.done}
                 self._run(lane, batch)
+                with self._cond:
+                    self._in_flight = set()
             except Exception:  # noqa: BLE001 - the loop must survive anything
                 log.exception("batching round failed; continuing")
                 time.sleep(0.1)
@@ -300,35 +254,9 @@ class Batcher:
         model's first job; it also warms the kernels up for those shapes.
         """
         lane.calibrated = True
-        self._fit_cost(lane)
+        calibrate(lane, self.max_items, self.max_tokens)
         if lane.on_ready is not None:
             lane.on_ready(lane.model.model_id)
-
-    def _fit_cost(self, lane: Lane) -> None:
-        runner = lane.runner
-        limit = getattr(runner, "max_length", 512)
-        try:
-            params = getattr(runner, "calibration_params", {})
-            runner.run([runner.dummy_encoding(min(32, limit))] * 4, params)  # warm-up
-            samples = []
-            for items, length in CALIBRATION_SHAPES:
-                length = min(length, limit)
-                batch = [runner.dummy_encoding(length)] * items
-                times = []
-                for _ in range(2):
-                    started = time.perf_counter()
-                    runner.run(batch, params)
-                    times.append(time.perf_counter() - started)
-                samples.append((items, length, min(times)))
-            lane.cost.calibrate(samples)
-        except Exception:  # noqa: BLE001 - a model that cannot calibrate still serves
-            log.exception("calibration of %s failed; batches will be as large as the caps allow",
-                          lane.model.model_id)
-            return
-        log.info("%s: forward cost %s; best batch at 32 tokens: %d items, at 128 tokens: %d",
-                 lane.model.model_id, lane.cost.describe(),
-                 lane.cost.best_batch(32, self.max_items, self.max_tokens),
-                 lane.cost.best_batch(128, self.max_items, self.max_tokens))
 
     def budgets(self) -> dict:
         """Per model: the fitted cost and the batch it implies, for the registry."""
@@ -341,87 +269,6 @@ class Batcher:
                                for n in (16, 32, 64, 128)},
             }
         return out
-
-    def _remove(self, model_id: str) -> list[Job]:
-        """Device thread: finish the lane's started jobs, return the others, drop the lane."""
-        lane = self._lanes.get(model_id)
-        if lane is None:
-            return []
-        with self._cond:
-            lane.waiting.extend(lane.incoming)
-            lane.incoming = []
-        while True:
-            lane.waiting = [it for it in lane.waiting if it.alive]
-            started = [it for it in lane.waiting if any(job.started_at is not None for job in it.jobs())]
-            if not started:
-                break
-            batch = plan_batch(started, self.max_items, self.max_tokens, lane.cost)
-            chosen = set(map(id, batch))
-            lane.waiting = [it for it in lane.waiting if id(it) not in chosen]
-            self._run(lane, batch)
-        unstarted = list(dict.fromkeys(job for it in lane.waiting for job in it.jobs() if not job.done))
-        with self._cond:
-            del self._lanes[model_id]
-            lane.in_hand -= len(unstarted)
-        return unstarted
-
-    def _drop(self, which) -> int:
-        """Device thread: forget the unstarted jobs `which` picks, in every lane."""
-        dropped = 0
-        for lane in list(self._lanes.values()):
-            with self._cond:
-                lane.waiting.extend(lane.incoming)
-                lane.incoming = []
-            gone = [job for job in dict.fromkeys(j for it in lane.waiting for j in it.jobs())
-                    if job.started_at is None and not job.done and which(job)]
-            for job in gone:
-                job.skipped = True  # done here: no result, no ack (its message is back in the queue)
-            dead = [it for it in lane.waiting if not it.alive]
-            self._forget(lane, dead)
-            lane.waiting = [it for it in lane.waiting if it.alive]
-            with self._cond:
-                lane.in_hand -= len(gone)
-                lane.items_in_hand -= sum(job.todo for job in gone)
-            dropped += len(gone)
-        return dropped
-
-    def _replace(self, model):
-        """Device thread: calibrate the new version, swap it in, re-encode what waits."""
-        lane = self._lanes.get(model.model_id)
-        if lane is None:
-            return None
-        fresh = Lane(model)
-        self._fit_cost(fresh)
-        with self._cond:
-            old = lane.model
-            lane.model, lane.runner, lane.cost = model, model.runner, fresh.cost
-            lane.waiting.extend(lane.incoming)
-            lane.incoming = []
-        # Items not yet run were tokenized (and keyed) for the old version:
-        # redo them, one item per input again; started jobs finish as they are.
-        started = [it for it in lane.waiting if any(job.started_at is not None for job in it.jobs())]
-        redo = [job for job in dict.fromkeys(j for it in lane.waiting for j in it.jobs())
-                if job.started_at is None and not job.done]
-        failed = []
-        keep = started
-        with self._cond:
-            lane.leaders = {}
-        for job in redo:
-            todo = [i for i in range(len(job.inputs)) if i not in job.prefilled and job.outputs[i] is None]
-            try:
-                encodings = lane.runner.encode([job.inputs[i] for i in todo], job.params)
-            except Exception as exc:  # noqa: BLE001 - the new version refuses this input
-                job.fail(exc if isinstance(exc, ServiceError) else InferenceFailed(str(exc)))
-                failed.append(job)
-                continue
-            job.set_cache_keys(model.fingerprint, model.task)
-            keep += [Item(job, i, enc, enc.length, job.params_key, next(self._seq))
-                     for i, enc in zip(todo, encodings)]
-        keep.sort(key=lambda it: (it.job.received_at, it.index))
-        lane.waiting = keep
-        if failed:
-            self._finish(lane, failed)
-        return old
 
     def _next_lane(self) -> Lane | None:
         """The lane whose oldest waiting item is oldest: no model starves another."""
@@ -521,11 +368,11 @@ class Batcher:
         with worker_lost. Cancelled jobs, and jobs another worker finished,
         do not run.
         """
-        fresh = [job for job in dict.fromkeys(j for it in batch for j in it.jobs())
-                 if job.started_at is None and not job.done]
+        jobs = list(dict.fromkeys(j for it in batch for j in it.jobs()))
+        fresh = [job for job in jobs if job.started_at is None and not job.done]
         if not fresh:
             return batch
-        verdicts = self.reporter.start(fresh, self._holder())
+        verdicts = self.reporter.start(fresh, self._holder(), alone=len(jobs) == 1)
         ended = []
         for job, verdict in zip(fresh, verdicts):
             if verdict == CANCELLED:
@@ -568,6 +415,5 @@ class Batcher:
         self.reporter.finish(lane.model.model_id, jobs, **batch_stats)
         if jobs:
             with self._cond:
-                lane.in_hand -= len(jobs)
-                lane.items_in_hand -= sum(job.todo for job in jobs)
+                lane.let_go(jobs)
             self._on_room()

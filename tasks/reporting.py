@@ -90,18 +90,21 @@ class Reporter:
                 retries=headers.get("retries", 0), eta=None, expires=headers.get("expires"),
             )))
 
-    def start(self, jobs: list[Job], holder: str) -> list[int]:
+    def start(self, jobs: list[Job], holder: str, alone: bool) -> list[int]:
         """Mark jobs running just before their batch (device thread); one verdict per job.
 
-        RUN or RUN_ALONE: the job may run (started_at is set); CANCELLED,
-        FINISHED_ELSEWHERE, KILLS_WORKERS: it must not (start_jobs.lua).
+        RUN: the job runs (started_at is set). RUN_ALONE: not started, it must
+        run in a batch of its own (`alone`: the batch is that one job).
+        CANCELLED, FINISHED_ELSEWHERE, KILLS_WORKERS: it must not run
+        (common/lua/start_jobs.lua).
         """
         now = time.time()
         verdicts = self._retrying(lambda: self._start_jobs(
-            keys=[protocol.job_key(j.id) for j in jobs], args=[repr(now), holder, self.max_deliveries, self.ttl]))
+            keys=[protocol.job_key(j.id) for j in jobs],
+            args=[repr(now), holder, self.max_deliveries, self.ttl, "1" if alone else "0"]))
         verdicts = [int(v) for v in verdicts] if verdicts is not None else [RUN] * len(jobs)
         for job, verdict in zip(jobs, verdicts):
-            if verdict in (RUN, RUN_ALONE):
+            if verdict == RUN:
                 job.started_at = now
                 if self._send_events:
                     self._events.append(("task-started", now, {"uuid": job.id}))

@@ -111,10 +111,11 @@ class ModelServing(bootsteps.StartStopStep):
         elif isinstance(self.source, KombuSource):
             # The broker connection was lost: RabbitMQ gave back every message
             # this worker had not acknowledged, so the jobs not started go.
-            dropped = self.batcher.drop_unstarted(lambda job: True)
-            if dropped:
-                log.warning("broker connection lost: %d job(s) not started are back in their queues", dropped)
-            self.source.resume()
+            # Celery consumes the model queues again by itself (they stay
+            # selected in app.amqp.queues) once its event loop runs: adding
+            # them here would start consuming before its message callback is set.
+            reconnected_at = time.time()
+            self.batcher.drop_unstarted(lambda job: job.received_at < reconnected_at)
         # Nothing is ever sent to the default queue; consume model queues only.
         if c.task_consumer.consuming_from(c.app.conf.task_default_queue):
             c.cancel_task_queue(c.app.conf.task_default_queue)
@@ -133,8 +134,7 @@ class ModelServing(bootsteps.StartStopStep):
             # Declared dead (paused past three heartbeats): what this worker
             # held went to others. Keep what was started (first result wins).
             current = self.source.holder
-            dropped = self.batcher.drop_unstarted(lambda job: job.holder is not None and job.holder != current)
-            log.warning("dropped %d job(s) not started that other workers now hold", dropped)
+            self.batcher.drop_unstarted(lambda job: job.holder is not None and job.holder != current)
         if self.reaper is not None:
             self.reaper.reap_once()
         self._ticks += 1
@@ -236,10 +236,14 @@ class ModelServing(bootsteps.StartStopStep):
             self.manager.stop()
         if self.source is not None:
             self.source.stop()  # take nothing more
-        unstarted = self.batcher.stop() if self.batcher is not None else []
-        if unstarted:
-            handed = self.source.hand_back(unstarted)
-            log.info("warm shutdown: %d job(s) not started are back at the front of their queues", handed)
+        if self.batcher is not None:
+            unstarted = self.batcher.stop()
+            if unstarted:
+                handed = self.source.hand_back(unstarted)
+                log.info("warm shutdown: %d job(s) not started are back at the front of their queues", handed)
+            left = self.batcher.join()  # the batch in flight, and the jobs it started, finish
+            if left:
+                self.source.hand_back(left)
         if self.reporter is not None:
             self.reporter.stop()  # results of the finished jobs stored, their messages acked
         if isinstance(self.source, KombuSource):

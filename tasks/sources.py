@@ -287,11 +287,6 @@ class KombuSource:
     def serves(self) -> list[str]:
         return list(self._serving)
 
-    def resume(self) -> None:
-        """After a reconnection: consume the served queues again (consumer thread)."""
-        for model_id in self._serving:
-            self.consumer.add_task_queue(queue_for(model_id))
-
     def wake(self) -> None:
         pass  # the broker pushes as acks free prefetch slots
 

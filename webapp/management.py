@@ -110,17 +110,18 @@ class ModelAdmin:
         return self._follow(targets, replies, state, lambda s: s == protocol.LOADED or s.startswith("error"), wait)
 
     def unload(self, model_id: str, names: list[str] | None, wait: float) -> dict:
+        if not names:
+            # Recorded even with no worker up: one restarting now must not bring the model back.
+            self._record(lambda: self.placement.drop_everywhere(model_id))
+            if not self._workers.live(fresh=True):
+                return {}
         targets = self._targets(names)
         try:
             self._redis.delete(protocol.AUTOLOAD_KEY_PREFIX + model_id)  # a later request may load it again
         except (redis.RedisError, OSError):
             pass
-        # Recorded first; with no names, for every worker, running or not (a
-        # worker restarting now must not bring the model back).
-        if names:
+        if names:  # recorded first: a target that misses the broadcast converges on it
             self._record(lambda: [self.placement.drop(name, model_id) for name in targets])
-        else:
-            self._record(lambda: self.placement.drop_everywhere(model_id))
         replies = self._broadcast("unload_model", {"model_id": model_id}, targets)
 
         def state(entry):

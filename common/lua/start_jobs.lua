@@ -1,11 +1,13 @@
 -- Mark jobs started, just before their batch runs, and count their starts.
 --
 -- KEYS   the jobs' records (atf:job:<id>)
--- ARGV[1] time; ARGV[2] the holder starting them; ARGV[3] MAX_DELIVERIES; ARGV[4] record ttl (s)
+-- ARGV[1] time; ARGV[2] the holder starting them; ARGV[3] MAX_DELIVERIES; ARGV[4] record ttl (s);
+-- ARGV[5] '1' when the batch holds these jobs alone (one job), else '0'
 -- Returns per job:
---   1  run it
---   2  run it, alone: it was started before and never finished (a worker
---      died running it, maybe of it), so it must not take others down too
+--   1  run it (it is started now)
+--   2  not started: it was started before and never finished (a worker
+--      died running it, maybe of it), so it runs in a batch of its own,
+--      where it cannot take other jobs down with it (ask again with ARGV[5] = '1')
 --   0  cancelled before it started: do not run
 --  -1  a result is stored already (another worker finished it): do not run
 --  -2  started MAX_DELIVERIES times without finishing: it kills workers; fail it
@@ -21,13 +23,15 @@ for i, key in ipairs(KEYS) do
     local attempts = tonumber(redis.call('HGET', key, 'attempts') or '0') or 0
     if attempts >= tonumber(ARGV[3]) then
       out[i] = -2
+    elseif attempts > 0 and ARGV[5] ~= '1' then
+      out[i] = 2
     else
       redis.call('HSET', key, 'status', 'running', 'started_at', ARGV[1], 'holder', ARGV[2],
                  'attempts', attempts + 1)
       if redis.call('TTL', key) < 0 then
         redis.call('EXPIRE', key, tonumber(ARGV[4]))
       end
-      if attempts > 0 then out[i] = 2 else out[i] = 1 end
+      out[i] = 1
     end
   end
 end
