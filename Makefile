@@ -6,7 +6,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test install install-dev bench clean
+.PHONY: run test faults install install-dev bench clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ test: install-dev
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests - failing" >&2; fi; \
+	exit $$rc
+
+# The fault suite (tests/faults/) and a 10-minute soak (SOAK_S to change it); writes RELIABILITY.md,
+# also when a fault test fails (its row shows what happened), and then fails.
+faults: install-dev
+	rm -rf tests/faults/out
+	FAULTS_REPORT_DIR=tests/faults/out ATF_SOAK=1 $(PY) -m pytest tests/faults -s $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m tests.faults.report tests/faults/out RELIABILITY.md || rc=1; \
 	exit $$rc
 
 # The benchmark of bench/ (needs wrk: apt-get install wrk); writes bench/RESULTS.md and bench/bench.png.

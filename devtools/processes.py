@@ -45,16 +45,34 @@ def service_env(redis_url: str, model_dir: Path, **settings) -> dict:
 class Worker:
     """A real `celery -A tasks worker` process."""
 
-    def __init__(self, name: str, env: dict, log_dir: Path, loglevel: str = "info"):
+    def __init__(self, name: str, env: dict, log_dir: Path, loglevel: str = "info", mode: str = "w"):
+        self.short_name = name
         self.name = f"{name}@test"
+        self.env = env
+        self.log_dir = Path(log_dir)
+        self.loglevel = loglevel
         self.redis_url = env["REDIS_URL"]
         self.preload = [m.strip() for m in env.get("PRELOAD_MODELS", "").split(",") if m.strip()]
-        self.log_path = Path(log_dir) / f"worker-{name}.log"
-        self._log = open(self.log_path, "w")
+        self.log_path = self.log_dir / f"worker-{name}.log"
+        self._log = open(self.log_path, mode)
         self.process = subprocess.Popen(
             [PYTHON, "-m", "celery", "-A", "tasks", "worker", "-n", self.name, "-l", loglevel],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
+
+    def respawn(self) -> "Worker":
+        """The same worker (name, settings, log) started again, as a supervisor would."""
+        return Worker(self.short_name, self.env, self.log_dir, self.loglevel, mode="a")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def pause(self) -> None:
+        """SIGSTOP: the process stops running (a long GC pause, swapping), its sockets stay open."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -66,7 +84,7 @@ class Worker:
             if self.process.poll() is not None:
                 raise ServiceFailed(f"worker {self.name} exited {self.process.returncode}:\n{self.log()[-3000:]}")
             entry = self.entry()
-            if entry and "ready." in self.log():
+            if entry and entry.get("pid") == self.process.pid and "ready." in self.log():
                 failed = {m: c for m, c in entry.get("changing", {}).items() if c.get("state") == "error"}
                 if failed:
                     raise ServiceFailed(f"worker {self.name} could not load {failed}")
@@ -127,4 +145,21 @@ class Webapp:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(30)
+        self._log.close()
+
+    def kill(self) -> None:
+        """A crash of the whole webapp: SIGKILL to gunicorn's master and every worker process."""
+        import psutil
+
+        try:
+            family = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            family = []
+        self.process.kill()
+        for child in family:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.process.wait()
         self._log.close()
