@@ -372,7 +372,12 @@ class Batcher(LaneChanges):
         fresh = [job for job in jobs if job.started_at is None and not job.done]
         if not fresh:
             return batch
-        verdicts = self.reporter.start(fresh, self._holder(), alone=len(jobs) == 1)
+        alone = len(jobs) == 1
+        if alone and jobs[0].alone:
+            # It may kill this worker: first store every result finished so far,
+            # or their jobs would count a death they had no part in.
+            self.reporter.drain()
+        verdicts = self.reporter.start(fresh, self._holder(), alone=alone)
         ended = []
         for job, verdict in zip(fresh, verdicts):
             if verdict == CANCELLED:

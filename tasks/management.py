@@ -67,6 +67,9 @@ class ModelManager:
         self.placement = Placement(self._sources)
         self.name = serving.consumer.hostname
         self._pending = 0  # requests queued or running on the manager thread
+        # Counts changes of `states`; replies and the registry entry carry it,
+        # so the webapp can tell an entry written before its request from one after.
+        self.version = 0
         self._pending_lock = threading.Lock()
         # Starting and stopping to consume a model's queue happen in the order
         # their decisions were made (a load's calibration ends on the device
@@ -94,27 +97,29 @@ class ModelManager:
     def request_load(self, model_id: str, task: str | None = None) -> dict:
         state = self.state_of(model_id)
         if state in (protocol.LOADED, protocol.LOADING):
-            return {"ok": f"{model_id}: {state}", "model_id": model_id, "state": state}
+            return {"ok": f"{model_id}: {state}", "model_id": model_id, "state": state, "version": self.version}
         if not self.serving.registry.store.exists(self.source_of(model_id)):
             self._placement(lambda: self.placement.drop(self.name, model_id))
             return {"error": f"model {model_id!r} is not in the store", "model_id": model_id}
         self._placement(lambda: self.placement.want(self.name, model_id, task))
         self.states[model_id] = {"state": protocol.LOADING}
-        self.serving.heartbeat_poke()
+        self._changed()
         self._submit(self._load, model_id, task)
-        return {"ok": f"{model_id}: loading", "model_id": model_id, "state": protocol.LOADING}
+        return {"ok": f"{model_id}: loading", "model_id": model_id, "state": protocol.LOADING, "version": self.version}
 
     def request_unload(self, model_id: str) -> dict:
         self._placement(lambda: self.placement.drop(self.name, model_id))
         state = self.state_of(model_id)
         if state is None or state == protocol.LOAD_FAILED:
-            self.states.pop(model_id, None)
-            return {"ok": f"{model_id}: not loaded", "model_id": model_id, "state": "unloaded"}
+            if self.states.pop(model_id, None) is not None:
+                self._changed()
+            return {"ok": f"{model_id}: not loaded", "model_id": model_id, "state": "unloaded", "version": self.version}
         if state != protocol.UNLOADING:
             self.states[model_id] = {"state": protocol.UNLOADING}
-            self.serving.heartbeat_poke()
+            self._changed()
             self._submit(self._unload, model_id)
-        return {"ok": f"{model_id}: unloading", "model_id": model_id, "state": protocol.UNLOADING}
+        return {"ok": f"{model_id}: unloading", "model_id": model_id, "state": protocol.UNLOADING,
+                "version": self.version}
 
     def request_switch(self, model_id: str, source: str) -> dict:
         if not self.serving.registry.store.exists(source):
@@ -152,6 +157,12 @@ class ModelManager:
             elif self.source_of(model_id) != model.source:
                 log.info("placement: %s is served from %s now; switching", model_id, self.source_of(model_id))
                 self.request_switch(model_id, self.source_of(model_id))
+
+    def _changed(self) -> None:
+        """A model's state changed: count it, and write the registry entry soon."""
+        with self._pending_lock:
+            self.version += 1
+        self.serving.heartbeat_poke()
 
     def _submit(self, action, *args) -> None:
         with self._pending_lock:
@@ -207,7 +218,7 @@ class ModelManager:
         log.error("cannot load %s: %s", model_id, reason)
         self.states[model_id] = {"state": protocol.LOAD_FAILED, "error": reason}
         self._placement(lambda: self.placement.drop(self.name, model_id))  # not retried by reconcile
-        self.serving.heartbeat_poke()
+        self._changed()
 
     def _ready(self, model_id: str) -> None:
         """Device thread: the model is calibrated; consume its queue from now on."""
@@ -224,7 +235,7 @@ class ModelManager:
                 return
             self.serving.source.serve(model_id)
             self.states.pop(model_id, None)
-        self.serving.heartbeat_poke()
+        self._changed()
 
     def _unload(self, model_id: str) -> None:
         serving = self.serving
@@ -247,7 +258,7 @@ class ModelManager:
         log.info("unloaded %s: RSS %.1f -> %.1f MB (%s of its %.1f MB of weights)", model_id, before / 1e6,
                  after / 1e6, record.get("returned_fraction"), weights / 1e6)
         self.states.pop(model_id, None)
-        serving.heartbeat_poke()
+        self._changed()
 
     def _switch(self, model_id: str, source: str) -> None:
         serving = self.serving
@@ -268,10 +279,10 @@ class ModelManager:
         except Exception as exc:  # noqa: BLE001 - the old version keeps serving
             log.exception("switching %s to %s failed", model_id, source)
             self.states[model_id] = {"state": protocol.LOADED, "error": f"switch to {source} failed: {exc}"}
-            serving.heartbeat_poke()
+            self._changed()
             return
         self.states.pop(model_id, None)
-        serving.heartbeat_poke()
+        self._changed()
 
     def _make_room(self, model_id: str) -> None:
         """Past MAX_MODELS_PER_WORKER, unload the least recently used model that nothing waits for.

@@ -115,6 +115,12 @@ class Reporter:
         """Hand over finished jobs: their results are stored, then they are acked."""
         self._finished.put((model_id, jobs, batch_size, forward_s, passes, time.time()))
 
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Wait until every result handed over so far is stored (device thread)."""
+        done = threading.Event()
+        self._finished.put(done)
+        return done.wait(timeout)
+
     def stop(self, timeout: float = 30.0) -> None:
         """Write what was handed over, publish pending events, stop the thread."""
         self._stopping.set()
@@ -132,6 +138,9 @@ class Reporter:
             if work is None:
                 self._publish_events()
                 return
+            if isinstance(work, threading.Event):  # drain(): everything before it is stored
+                work.set()
+                continue
             try:
                 if work:
                     self._store(*work)

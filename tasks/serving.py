@@ -222,6 +222,7 @@ class ModelServing(bootsteps.StartStopStep):
                 for m in serving
             },
             "changing": changing,
+            "version": self.manager.version,  # see ModelManager.version
             "memory": {"rss": rss_bytes(), "models": dict(self.manager.memory)},
             "queues": [queue_for(m.model_id) for m in serving],
             "active": self.batcher.active(),

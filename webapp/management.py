@@ -213,6 +213,10 @@ class ModelAdmin:
                     states[name] = f"error: {reply['error']}"
                 elif name not in entries:
                     states[name] = "gone"
+                elif entries[name].get("version", 0) < reply.get("version", 0):
+                    # Written before the worker took the request (a failed load's
+                    # error, say): wait for the entry that follows it.
+                    states[name] = reply.get("state", "pending")
                 else:
                     states[name] = state(entries[name])
             if all(finished(s) or s.startswith("error") or s == "gone" for s in states.values()):
