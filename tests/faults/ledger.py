@@ -30,6 +30,7 @@ import requests
 from common import protocol
 
 FINAL = ("SUCCESS", "FAILURE", "REVOKED")
+POLL_S = 2.0
 
 
 @dataclass
@@ -69,6 +70,11 @@ class Ledger:
         self._late_before = self._late_results()
         self._listener = threading.Thread(target=self._listen, daemon=True)
         self._listener.start()
+        # Publishes can be missed (a subscriber that falls behind is cut off
+        # by Redis): jobs not seen final are also read from the store, every
+        # POLL_S, well within any RESULT_TTL a test uses.
+        self._poller = threading.Thread(target=self._poll, daemon=True)
+        self._poller.start()
         self._session = requests.Session()
 
     # -- submitting -------------------------------------------------------
@@ -107,6 +113,11 @@ class Ledger:
             return list(pool.map(lambda body: self.submit(body, path), bodies))
 
     # -- accounting -------------------------------------------------------
+
+    def accept(self, job_id: str) -> None:
+        """A job the API accepted outside `submit` (found otherwise, or by a client of the test's own)."""
+        with self._lock:
+            self.accepted.setdefault(job_id, time.monotonic())
 
     def finished(self, job_id: str, meta: dict) -> None:
         """A final result the client saw itself (a /predict that answered 200)."""
@@ -183,6 +194,23 @@ class Ledger:
         except (redis.RedisError, OSError):
             pass
         return total
+
+    def _poll(self) -> None:
+        while not self._stop.wait(POLL_S):
+            with self._lock:
+                pending = [j for j in list(self.accepted) if j not in self.seen_final]
+            for start in range(0, len(pending), 500):
+                chunk = pending[start:start + 500]
+                try:
+                    raw = self.redis.mget([protocol.result_key(j) for j in chunk])
+                except (redis.RedisError, OSError):
+                    break
+                now = time.monotonic()
+                for job_id, value in zip(chunk, raw):
+                    meta = orjson.loads(value) if value is not None else {}
+                    if meta.get("status") in FINAL:
+                        with self._lock:
+                            self.seen_final.setdefault(job_id, (now, meta))
 
     def _listen(self) -> None:
         while not self._stop.is_set():

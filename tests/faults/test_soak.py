@@ -65,16 +65,14 @@ def test_soak(cluster, report):
                     response = session.post(app.url + "/jobs", json=body, timeout=60)
                     job_id = response.json().get("job_id")
                     if job_id:
-                        with lock:
-                            ledger.accepted[job_id] = time.monotonic()
+                        ledger.accept(job_id)
                         session.delete(f"{app.url}/jobs/{job_id}", timeout=60)
                 else:
                     response = session.post(app.url + "/predict", json=body, timeout=60)
                     answer = response.json()
                     job_id = answer.get("job_id")
                     if job_id:
-                        with lock:
-                            ledger.accepted[job_id] = time.monotonic()
+                        ledger.accept(job_id)
                         if response.status_code == 200:
                             ledger.finished(job_id, {"status": "SUCCESS", "result": answer["result"]})
                 with lock:
@@ -84,11 +82,14 @@ def test_soak(cluster, report):
                     statuses[type(exc).__name__] += 1
 
     def operator() -> None:
-        loaded = False
-        while not stop.wait(30):
-            action = "unload" if loaded else "load"
-            requests.post(f"{app.url}/models/{action}", json={"model_id": "tiny-ner", "wait": 60}, timeout=90)
-            loaded = not loaded
+        # Loads at 15 s, 75 s, …, unloads at 45 s, 105 s, …: at each minute
+        # mark, when memory is sampled, the third model is unloaded.
+        began = time.monotonic()
+        for k in range(10**6):
+            if stop.wait(max(0.0, began + 15 + 30 * k - time.monotonic())):
+                return
+            action = "unload" if k % 2 else "load"
+            requests.post(f"{app.url}/models/{action}", json={"model_id": "tiny-ner", "wait": 20}, timeout=90)
 
     threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(CLIENTS)]
     threads.append(threading.Thread(target=operator, daemon=True))
@@ -118,6 +119,7 @@ def test_soak(cluster, report):
            note=f"{sum(n for s, n in statuses.items() if s == 200)} answers 200",
            soak={"minutes": minute, "statuses": {str(k): v for k, v in statuses.items()}, "errors_5xx": errors_5xx,
                  "rss_first": first[1], "rss_last": last[1], "rss_growth": growth,
+                 "rss_by_minute": {name: [sample[1].get(name) for sample in samples] for name in first[1]},
                  "redis_keys": keys, "redis_used_memory": [s[3] for s in samples], "ttl_s": TTL_S})
     assert errors_5xx == 0 and outcome.lost == 0 and outcome.run_twice == 0
     assert all(g <= 0.10 for g in growth.values()), growth
