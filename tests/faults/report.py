@@ -62,9 +62,18 @@ def soak_section(row: dict) -> list[str]:
     keys = soak["redis_keys"]
     memory = soak["redis_used_memory"]
     out += ["", f"Redis keys at the end of each minute (RESULT_TTL = CACHE_TTL = {soak['ttl_s']} s): "
-            + ", ".join(map(str, keys)) + f"; used memory {memory[0] / 1e6:.1f} → {memory[-1] / 1e6:.1f} MB. "
+            + ", ".join(map(str, keys)) + f"; its dataset (`used_memory`) {memory[0] / 1e6:.1f} MB at minute 1, "
+            f"{memory[-1] / 1e6:.1f} MB at the end ({100 * (memory[-1] - memory[0]) / memory[0]:+.1f} %). "
             "The count levels off once the first keys expire: it is bounded by the TTLs (see README, "
-            "\"Redis memory\")."]
+            "\"Redis memory\"). Redis's RSS also holds what its allocator keeps after a peak and its "
+            "append-only-file buffers: the growth that counts for it is its dataset's."]
+    minutes = soak.get("rss_by_minute")
+    if minutes:
+        out += ["", "RSS every minute (MiB), the third model unloaded at each sample:", "",
+                "| process | " + " | ".join(str(i + 1) for i in range(soak["minutes"])) + " |",
+                "|---|" + "---:|" * soak["minutes"]]
+        for name, values in minutes.items():
+            out.append(f"| {name} | " + " | ".join("" if v is None else f"{v / 2**20:.0f}" for v in values) + " |")
     return out
 
 
