@@ -123,7 +123,7 @@ class Batcher(LaneChanges):
         lane = self._lanes.get(model_id)
         if lane is None or not lane.calibrated:
             return 0
-        held = sum(other.in_hand for other in list(self._lanes.values()))
+        held = sum(other.in_hand for other in list(self._lanes.values())) + self.reporter.unacked()
         return lane.room(self.max_jobs - held, self.max_items, self.max_tokens)
 
     def submit(self, job: Job) -> bool:

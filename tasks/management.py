@@ -297,11 +297,17 @@ class ModelManager:
         if model_id in loaded or len(loaded) < cap:
             return
         last_used = self.serving.batcher.last_used()
-        idle = [m for m in loaded if self.serving.batcher.in_hand(m) == 0 and not self._stranded_without(m)]
-        if not idle:
-            raise ServiceError(f"MAX_MODELS_PER_WORKER={cap} models are loaded on this worker and each has jobs "
-                               "waiting that no other worker serves; unload one, or start another worker")
-        victim = min(idle, key=lambda m: last_used.get(m, 0.0))
+        source = self.serving.source
+        # With fetching held, a job is either in its queue or in hand, never
+        # between the two unseen; the victim stops being served before
+        # fetching resumes.
+        with self._serve_lock, source.settled():
+            idle = [m for m in loaded if self.serving.batcher.in_hand(m) == 0 and not self._stranded_without(m)]
+            if not idle:
+                raise ServiceError(f"MAX_MODELS_PER_WORKER={cap} models are loaded on this worker and each has jobs "
+                                   "waiting that no other worker serves; unload one, or start another worker")
+            victim = min(idle, key=lambda m: last_used.get(m, 0.0))
+            source.unserve(victim)
         log.info("MAX_MODELS_PER_WORKER=%d: unloading %s, the least recently used, to load %s", cap, victim, model_id)
         self._placement(lambda: self.placement.drop(self.name, victim))
         self.states[victim] = {"state": protocol.UNLOADING}

@@ -64,6 +64,8 @@ class Reporter:
         self._task_name = task_name
         self._events: deque = deque()  # (type, timestamp, fields) to publish
         self._finished: queue.SimpleQueue = queue.SimpleQueue()
+        self._unacked = 0  # jobs handed over whose messages are not acked yet (they still count as held)
+        self._unacked_lock = threading.Lock()
         self._stopping = threading.Event()
         eventer = consumer.event_dispatcher
         self._send_events = bool(eventer is not None and eventer.enabled)
@@ -113,7 +115,13 @@ class Reporter:
     def finish(self, model_id: str, jobs: list[Job], batch_size: int = 0, forward_s: float = 0.0,
                passes: int = 0) -> None:
         """Hand over finished jobs: their results are stored, then they are acked."""
+        with self._unacked_lock:
+            self._unacked += len(jobs)
         self._finished.put((model_id, jobs, batch_size, forward_s, passes, time.time()))
+
+    def unacked(self) -> int:
+        """Jobs handed over and not yet acked: the worker still holds their messages."""
+        return self._unacked
 
     def drain(self, timeout: float = 30.0) -> bool:
         """Wait until every result handed over so far is stored (device thread)."""
@@ -147,6 +155,11 @@ class Reporter:
                 self._publish_events()
             except Exception:  # noqa: BLE001 - the reporter must survive anything
                 log.exception("reporting failed")
+            finally:
+                if work and work[1]:
+                    with self._unacked_lock:
+                        self._unacked -= len(work[1])
+                    self.source.wake()  # their slots are free: WORKER_PREFETCH counts held messages
 
     def _store(self, model_id: str, jobs: list[Job], batch_size: int, forward_s: float, passes: int,
                now: float) -> None:

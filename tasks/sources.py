@@ -16,6 +16,7 @@ cost model), so an idle worker gets work while another has a backlog.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -66,7 +67,7 @@ class RedisSource:
         self._cond = threading.Condition()
         self._woken = False
         self._stopping = False
-        self._fetch_lock = threading.Lock()  # held while fetching and handing jobs to the batcher
+        self._fetch_lock = threading.RLock()  # held while fetching and handing jobs to the batcher
         self._thread = threading.Thread(target=self._run, name="fetcher", daemon=True)
 
     # -- any thread ----------------------------------------------------
@@ -98,6 +99,10 @@ class RedisSource:
 
     def serves(self) -> list[str]:
         return list(self._serving)
+
+    def settled(self):
+        """Hold fetching: meanwhile every job is in its queue (`waiting`) or in the batcher's hands."""
+        return self._fetch_lock
 
     def waiting(self, model_id: str) -> int | None:
         """Messages waiting in the model's queue (None when the broker cannot say now)."""
@@ -289,6 +294,12 @@ class KombuSource:
 
     def wake(self) -> None:
         pass  # the broker pushes as acks free prefetch slots
+
+    def settled(self):
+        # Deliveries run on the consumer thread and reach the batcher in one
+        # step; a message the broker pushed and the consumer has not read yet
+        # is unacknowledged, and RabbitMQ gives it back when its queue is cancelled.
+        return contextlib.nullcontext()
 
     def waiting(self, model_id: str) -> int | None:
         """Messages waiting in the model's queue, asked on a connection of its own."""
