@@ -15,6 +15,15 @@ from pathlib import Path
 import psutil
 
 BROKER_ORDER = {"redis": 0, "rabbitmq": 1}
+# Rows in the order of the list: workers, messages, broker, clients, placement.
+FAULT_ORDER = ("worker kill -9 (1 of 2", "worker SIGTERM", "burst", "poison job", "worker paused", "a live worker",
+               "malformed", "Redis SIGTERM", "Redis kill", "RabbitMQ restart", "client", "webapp", "worker kill -9 and",
+               "loading a 3rd")
+
+
+def rank(row: dict) -> tuple:
+    position = next((i for i, prefix in enumerate(FAULT_ORDER) if row["fault"].startswith(prefix)), len(FAULT_ORDER))
+    return BROKER_ORDER.get(row["broker"], 9), position, row["fault"]
 
 
 def machine() -> str:
@@ -47,38 +56,49 @@ def fault_table(rows: list[dict]) -> list[str]:
 
 def soak_section(row: dict) -> list[str]:
     soak = row["soak"]
-    out = ["", "## Soak", "", f"{row['fault']}.", "",
+    out = ["", "## Soak", "", f"{row['fault']}, after {soak.get('warmup_s', 0):.0f} s of the same load "
+           "(the warm-up).", "",
            f"- Answers: {', '.join(f'{k}: {v}' for k, v in sorted(soak['statuses'].items()))}; "
            f"**{soak['errors_5xx']} answered 5xx**.",
            f"- Jobs accepted: {row['accepted']}; succeeded {row['succeeded']}, failed {failed(row)} "
            f"(cancelled jobs are `JobCancelled`), lost or stuck {row['lost']}, run twice {row['run_twice']}.",
-           "", f"| process | RSS at minute 1 | RSS at minute {soak['minutes']} | growth |", "|---|---:|---:|---:|"]
-    for name, first in soak["rss_first"].items():
-        last = soak["rss_last"].get(name)
-        if last is None:
-            continue
-        out.append(f"| {name} | {first / 2**20:.1f} MiB | {last / 2**20:.1f} MiB | "
-                   f"{100 * soak['rss_growth'][name]:+.1f} % |")
+           ""]
+    half = soak["minutes"] // 2
+    if "rss_peaks" in soak:
+        out += [f"| process | RSS peak, minutes 1–{half} | RSS peak, minutes {half + 1}–{soak['minutes']} | growth |",
+                "|---|---:|---:|---:|"]
+        for name, (early, later) in soak["rss_peaks"].items():
+            out.append(f"| {name} | {early / 2**20:.1f} MiB | {later / 2**20:.1f} MiB | "
+                       f"{100 * soak['rss_growth'][name]:+.1f} % |")
     keys = soak["redis_keys"]
     memory = soak["redis_used_memory"]
-    out += ["", f"Redis keys at the end of each minute (RESULT_TTL = CACHE_TTL = {soak['ttl_s']} s): "
-            + ", ".join(map(str, keys)) + f"; its dataset (`used_memory`) {memory[0] / 1e6:.1f} MB at minute 1, "
-            f"{memory[-1] / 1e6:.1f} MB at the end ({100 * (memory[-1] - memory[0]) / memory[0]:+.1f} %). "
-            "The count levels off once the first keys expire: it is bounded by the TTLs (see README, "
-            "\"Redis memory\"). Redis's RSS also holds what its allocator keeps after a peak and its "
-            "append-only-file buffers: the growth that counts for it is its dataset's."]
+    answered = soak.get("answered_by_minute") or [0] * len(keys)
+    out += ["", f"Redis, at the end of each minute (RESULT_TTL = CACHE_TTL = {soak['ttl_s']} s, so it holds what "
+            "the last minute's requests left):", "",
+            "| minute | " + " | ".join(str(i + 1) for i in range(len(keys))) + " |",
+            "|---|" + "---:|" * len(keys),
+            "| requests answered in the minute | " + " | ".join(map(str, answered)) + " |",
+            "| keys | " + " | ".join(map(str, keys)) + " |",
+            "| dataset (`used_memory`), MB | " + " | ".join(f"{m / 1e6:.1f}" for m in memory) + " |",
+            "| keys per request | " + " | ".join(f"{k / max(a, 1):.2f}" for k, a in zip(keys, answered)) + " |",
+            "", "Bounded by the TTLs (see README, \"Redis memory\"): keys and bytes follow the last minute's "
+            "requests, not the time since the start. Redis's RSS also holds what its allocator keeps after a "
+            "peak and its append-only-file buffers: the growth that counts for it is its dataset's."]
     minutes = soak.get("rss_by_minute")
     if minutes:
-        out += ["", "RSS every minute (MiB), the third model unloaded at each sample:", "",
-                "| process | " + " | ".join(str(i + 1) for i in range(soak["minutes"])) + " |",
-                "|---|" + "---:|" * soak["minutes"]]
+        warmup = soak.get("rss_warmup", {})
+        out += ["", f"RSS (MiB) before the load, after the {soak.get('warmup_s', 0):.0f} s warm-up under the same "
+                "load, then at each minute of the soak (the third model unloaded at each sample):", "",
+                "| process | before | warmed up | " + " | ".join(str(i + 1) for i in range(soak["minutes"])) + " |",
+                "|---|---:|---:|" + "---:|" * soak["minutes"]]
         for name, values in minutes.items():
-            out.append(f"| {name} | " + " | ".join("" if v is None else f"{v / 2**20:.0f}" for v in values) + " |")
+            cells = list(warmup.get(name, [None, None])) + list(values)
+            out.append(f"| {name} | " + " | ".join("" if v is None else f"{v / 2**20:.0f}" for v in cells) + " |")
     return out
 
 
 def render(rows: list[dict]) -> str:
-    faults = sorted((r for r in rows if "soak" not in r), key=lambda r: (BROKER_ORDER.get(r["broker"], 9), r["fault"]))
+    faults = sorted((r for r in rows if "soak" not in r), key=rank)
     soaks = [r for r in rows if "soak" in r]
     lines = ["# Reliability", "",
              f"Written by `make faults` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {machine()}. "
