@@ -4,7 +4,9 @@ FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HUB_OFFLINE=1 \
-    MODEL_DIR=/models
+    MODEL_DIR=/models \
+    HOST=0.0.0.0 \
+    FLOWER_CREDENTIALS_FILE=/data/flower-credentials
 
 WORKDIR /app
 
@@ -14,7 +16,12 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 COPY requirements.txt .
 RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" -r requirements.txt
 
+# Every role runs as an unprivileged user that owns only the models and its data.
+RUN useradd --create-home --uid 10001 --user-group app \
+    && mkdir -p /models /data \
+    && chown app:app /models /data
 COPY . .
+USER app
 # The demo models are part of the image; a named volume on /models starts as a copy of them.
 RUN python -m model_store build-demo
 

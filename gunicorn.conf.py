@@ -9,7 +9,9 @@ import os
 import shutil
 import tempfile
 
-bind = os.environ.get("WEB_BIND", "0.0.0.0:8000")
+# Loopback unless HOST says otherwise (HOST=0.0.0.0 to serve other machines;
+# put tokens in place first: see SECURITY.md). WEB_BIND overrides both.
+bind = os.environ.get("WEB_BIND") or f"{os.environ.get('HOST') or '127.0.0.1'}:{os.environ.get('WEB_PORT') or '8000'}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("WEB_THREADS", "64"))

@@ -2,7 +2,8 @@
 
 Finds or starts Redis, builds the demo models (first run only), starts one
 worker per visible GPU (or one CPU worker), the webapp on :8000 and Flower
-on :5555, prefixes each one's output with its name, and stops everything
+on :5555 (both on HOST, default 127.0.0.1; Flower behind a login, see
+devtools/credentials.py), prefixes each one's output with its name, and stops everything
 it started when interrupted or when any part dies.
 """
 
@@ -17,10 +18,14 @@ import threading
 import time
 import urllib.request
 
+from devtools.credentials import flower_basic_auth, login_hint
 from devtools.redis_server import find_or_start, persistence_of
 
 PYTHON = sys.executable
 BIN = os.path.dirname(PYTHON)
+HOST = os.environ.get("HOST") or "127.0.0.1"  # what the API and Flower bind
+# Where this machine reaches them (HOST may be a wildcard or one interface).
+LOCAL = "127.0.0.1" if HOST in ("0.0.0.0", "::", "localhost") else HOST
 WEB_PORT = int(os.environ.get("WEB_PORT", "8000"))
 FLOWER_PORT = int(os.environ.get("FLOWER_PORT", "5555"))
 
@@ -85,7 +90,7 @@ def wait_healthy(children: list[Child], timeout: float) -> dict | None:
         if not all(c.alive() for c in children):
             return None
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{WEB_PORT}/health", timeout=2) as resp:
+            with urllib.request.urlopen(f"http://{LOCAL}:{WEB_PORT}/health", timeout=2) as resp:
                 return json.load(resp)
         except OSError:
             time.sleep(0.5)
@@ -97,6 +102,11 @@ def main() -> int:
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("PRELOAD_MODELS", "minilm,sentiment_model")
     env.setdefault("MODEL_DIR", os.path.abspath("models"))
+    try:
+        flower_auth, kept_in = flower_basic_auth(env)
+    except ValueError as exc:
+        say(str(exc))
+        return 2
     url, embedded, how = find_or_start(env, persist_dir=os.path.abspath(os.path.join(".data", "redis")))
     env["REDIS_URL"] = url
     say(f"Redis: {how} ({url})")
@@ -127,11 +137,11 @@ def main() -> int:
                 "-l", env.get("LOG_LEVEL", "info").lower(),
             ], worker_env))
         children.append(Child("web", [
-            os.path.join(BIN, "gunicorn"), "webapp:create_app()", "--bind", f"0.0.0.0:{WEB_PORT}",
+            os.path.join(BIN, "gunicorn"), "webapp:create_app()", "--bind", f"{HOST}:{WEB_PORT}",
         ], env))
         children.append(Child("flower", [
             os.path.join(BIN, "celery"), "-A", "tasks", "flower", f"--port={FLOWER_PORT}",
-        ], env))
+        ], dict(env, FLOWER_BASIC_AUTH=flower_auth, FLOWER_ADDRESS=HOST)))
         say(f"started {len(devices)} worker(s) on {', '.join(devices)}, the webapp and Flower; waiting for /health")
 
         health = None
@@ -144,8 +154,11 @@ def main() -> int:
                 break
         if health is not None:
             say("ready:")
-            say(f"  API      http://localhost:{WEB_PORT}   (docs: http://localhost:{WEB_PORT}/docs)")
-            say(f"  Flower   http://localhost:{FLOWER_PORT}")
+            shown = "localhost" if HOST in ("127.0.0.1", "localhost") else HOST
+            say(f"  API      http://{shown}:{WEB_PORT}   (docs: http://{shown}:{WEB_PORT}/docs)")
+            say(f"  Flower   http://{shown}:{FLOWER_PORT}   (login: {login_hint(flower_auth, kept_in)})")
+            if HOST not in ("127.0.0.1", "localhost", "::1") and not env.get("ADMIN_TOKEN"):
+                say(f"  warning: HOST={HOST} serves other machines; set API_TOKENS and ADMIN_TOKEN (SECURITY.md)")
             say(f"  try:     curl -s localhost:{WEB_PORT}/predict -H 'Content-Type: application/json' "
                 "-d '{\"model_id\": \"minilm\", \"inputs\": \"Hello, world!\"}'")
             say("  Ctrl-C stops everything")
