@@ -81,6 +81,10 @@ def soak_section(row: dict) -> list[str]:
             "| keys | " + " | ".join(map(str, keys)) + " |",
             "| dataset (`used_memory`), MB | " + " | ".join(f"{m / 1e6:.1f}" for m in memory) + " |",
             "| keys per request | " + " | ".join(f"{k / max(a, 1):.2f}" for k, a in zip(keys, answered)) + " |",
+            "| bytes per key (above the dataset before the load) | "
+            + " | ".join(f"{b:.0f}" for b in soak.get("bytes_per_key", [])) + " |",
+            "| the machine's load (1-minute average; 2 cores) | "
+            + " | ".join(f"{v:.1f}" for v in soak.get("load_by_minute", [])) + " |",
             "", "Bounded by the TTLs (see README, \"Redis memory\"): keys and bytes follow the last minute's "
             "requests, not the time since the start. Redis's RSS also holds what its allocator keeps after a "
             "peak and its append-only-file buffers: the growth that counts for it is its dataset's."]
