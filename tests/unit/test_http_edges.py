@@ -151,3 +151,12 @@ def test_the_watchdog_leaves_a_released_body_alone():
     assert server.recv(100) == b"still open" and not watch.cut
     server.close()
     client.close()
+
+
+def test_a_503_names_what_is_down_not_the_library_error(model_dir):  # noqa: F811
+    """Redis down: the client learns which part is unreachable; the exception's text is only logged."""
+    client = make_client(model_dir)
+    for response in (client.post("/predict", json={"model_id": "minilm", "inputs": "x"}), client.get("/jobs/abc")):
+        assert_error(response, 503, "broker_unavailable")
+        message = response.get_json()["error"]["message"]
+        assert "127.0.0.1" not in message and "Error" not in message, message
