@@ -73,15 +73,18 @@ class JsonThreadWorker(ThreadWorker):
             self.log.warning("Invalid request from ip=%s: %s", addr[0], exc)
         body = json.dumps(error.to_dict()).encode()
         status = f"{error.status_code} {HTTPStatus(error.status_code).phrase}"
-        if req is None and hasattr(exc, "req"):
-            req = exc.req
+        if req is None and isinstance(exc, (http_errors.InvalidHeader, http_errors.InvalidHeaderName)):
+            req = getattr(exc, "req", None)  # the request so far, for the access log (as gunicorn does)
         if req is not None:
-            environ = default_environ(req, client, self.cfg)
-            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = addr[0], str(addr[1])
-            resp = Response(req, client, self.cfg)
-            resp.status = status
-            resp.response_length = len(body)
-            self.log.access(resp, req, environ, datetime.now() - request_start)
+            try:
+                environ = default_environ(req, client, self.cfg)
+                environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = addr[0], str(addr[1])
+                resp = Response(req, client, self.cfg)
+                resp.status = status
+                resp.response_length = len(body)
+                self.log.access(resp, req, environ, datetime.now() - request_start)
+            except Exception:  # noqa: BLE001 - a log line must not cost the client its answer
+                self.log.debug("Failed to log the error answer.")
         head = (f"HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
         try:
