@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from common.params import TASK_PARAMS
+from common.params import TASK_ALIASES, TASK_PARAMS
 from common.settings import MAX_TIMEOUT_S, MAX_WAIT_S, MODEL_ID_RE, Settings
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 MODEL_ID_PATTERN = f"^{MODEL_ID_RE.pattern}$"
+# What `model_type` accepts (common.params.normalize_task): task names, their underscore forms, aliases.
+MODEL_TYPES = sorted({"", *TASK_PARAMS, *(t.replace("-", "_") for t in TASK_PARAMS), *TASK_ALIASES,
+                      *(a.replace("-", "_") for a in TASK_ALIASES)})
 _PARAM_SCHEMA = {"bool": {"type": "boolean"}, "int": {"type": "integer"}, "float": {"type": "number"},
                  "enum": {"type": "string"}, "str": {"type": "string"},
                  "labels": {"type": "array", "items": {"type": "string"}}}
@@ -40,12 +43,14 @@ _WORKER_STATES = {"type": "object", "properties": {
                 "description": "worker name -> loaded | loading | unloaded | switched | error: <why> | gone"}}}
 
 
-def _admin_body(required: list[str], extra: dict) -> dict:
+def _admin_body(required: list[str], extra: dict, workers: bool = True) -> dict:
     props = {"model_id": {**_MODEL_ID, "example": "tiny-ner"},
-             "workers": {"type": "array", "items": {"type": "string"},
+             "workers": {"type": "array", "items": {"type": "string"}, "nullable": True,
                          "description": "worker names; default: every live worker"},
              "wait": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 120,
                       "description": "seconds to wait for the workers to finish"}}
+    if not workers:  # a switch goes to every worker that has the model
+        del props["workers"]
     props.update(extra)
     return {"required": True, "content": {"application/json": {"schema": {
         "type": "object", "required": required, "additionalProperties": False, "properties": props}}}}
@@ -81,18 +86,21 @@ def build_openapi(settings: Settings) -> dict:
             "text": {**inputs, "description": "alias of inputs (give one of the two)"},
             "parameters": {
                 "type": "object",
+                "nullable": True,
                 "description": "task parameters; per task: "
                 + "; ".join(f"{t}: {', '.join(p) or 'none'}" for t, p in params.items()),
                 "properties": {k: v for spec in params.values() for k, v in spec.items()},
             },
             "options": {
                 "type": "object",
+                "nullable": True,
                 "additionalProperties": False,
                 "properties": {
                     "wait": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 30,
                              "description": "seconds /predict waits before answering 202 with the job's URL"},
                     "use_cache": {"type": "boolean", "default": True},
-                    "timeout": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": MAX_TIMEOUT_S,
+                    "timeout": {"type": "number", "nullable": True, "minimum": 0, "exclusiveMinimum": True,
+                                "maximum": MAX_TIMEOUT_S,
                                 "description": "seconds the job may wait for the model; past it the job is "
                                                "dropped unrun (504 deadline_exceeded)"},
                 },
@@ -169,8 +177,9 @@ def build_openapi(settings: Settings) -> dict:
             "/models/load": {"post": {
                 "summary": "Load a model on live workers (celery control load_model)",
                 "requestBody": _admin_body(["model_id"], {"model_type": {
-                    "type": "string", "description": "pipeline task, e.g. feature-extraction or feature_extraction; "
-                                                     "default: from the model's config"}}),
+                    "type": "string", "nullable": True, "enum": [*MODEL_TYPES, None],
+                    "description": "pipeline task, e.g. feature-extraction or feature_extraction; "
+                                   "default (absent, null or empty): from the model's config"}}),
                 "responses": {"200": _json(_WORKER_STATES, "each worker's state"), **_ADMIN}}},
             "/models/unload": {"post": {
                 "summary": "Unload a model and free its memory (celery control unload_model)",
@@ -178,8 +187,10 @@ def build_openapi(settings: Settings) -> dict:
                 "responses": {"200": _json(_WORKER_STATES, "each worker's state"), **_ADMIN}}},
             "/models/switch": {"post": {
                 "summary": "Serve model_id from another model directory (a new version), no failed request",
-                "requestBody": _admin_body(["model_id", "source"], {"source": {
-                    **_MODEL_ID, "example": "minilm-v2", "description": "the model directory to serve model_id from"}}),
+                "requestBody": _admin_body(["model_id", "source"], {
+                    "model_id": {**_MODEL_ID, "example": "minilm"},
+                    "source": {**_MODEL_ID, "example": "minilm-v2",
+                               "description": "the model directory to serve model_id from"}}, workers=False),
                 "responses": {"200": _json(_WORKER_STATES, "each worker's state"), **_ADMIN}}},
             "/workers": {"get": {"summary": "Live workers",
                                  "responses": {"200": _json({"type": "array"}, "the workers")}}},

@@ -108,6 +108,10 @@ def test_openapi_document_says_what_the_api_refuses(model_dir):  # noqa: F811
         schema = post["requestBody"]["content"]["application/json"]["schema"]
         assert schema["properties"]["model_id"]["pattern"].startswith("^[A-Za-z0-9]")
         assert {"400", "404", "413", "422"} <= set(post["responses"]), op
+    switch = doc["paths"]["/models/switch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "workers" not in switch["properties"]  # the API refuses it: a switch goes to every worker with the model
+    load = doc["paths"]["/models/load"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"feature_extraction", "ner", None} <= set(load["properties"]["model_type"]["enum"])
 
 
 def test_the_watchdog_cuts_off_a_trickling_body():
