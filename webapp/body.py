@@ -46,7 +46,8 @@ def read_body() -> bytes:
         want = None  # chunked: read to its end, refusing past the limit
     else:
         return b""  # no length and a server that does not end the input: nothing can be read safely
-    sock = environ.get("gunicorn.socket")
+    # The client socket is this request's alone only in HTTP/1 (an HTTP/2 connection carries many).
+    sock = environ.get("gunicorn.socket") if environ.get("SERVER_PROTOCOL", "").startswith("HTTP/1") else None
     deadline = time.monotonic() + settings.body_timeout_s
     timed_out = _timed_out(settings.body_timeout_s)
     watch = WATCHDOG.watch(sock, deadline) if sock is not None else None
