@@ -13,7 +13,9 @@ import tempfile
 # put tokens in place first: see SECURITY.md). WEB_BIND overrides both.
 bind = os.environ.get("WEB_BIND") or f"{os.environ.get('HOST') or '127.0.0.1'}:{os.environ.get('WEB_PORT') or '8000'}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "gthread"
+# gunicorn's gthread worker, with its own error answers (414, 431, 400 on a
+# request it cannot parse) in the API's JSON shape instead of HTML.
+worker_class = "webapp.gunicorn_worker.JsonThreadWorker"
 threads = int(os.environ.get("WEB_THREADS", "64"))
 # /predict may wait up to 300 s (options.wait); gthread workers stay alive
 # while their threads wait, so this only bounds a truly stuck worker.

@@ -40,6 +40,13 @@ class BadRequest(ServiceError):
     type = "invalid_json"
 
 
+class MalformedRequest(ServiceError):
+    """Raised when the HTTP request itself is malformed: its request line, headers or chunked framing."""
+
+    status_code = 400
+    type = "bad_request"
+
+
 class Unauthorized(ServiceError):
     """Raised when an admin call lacks the right bearer token."""
 
@@ -92,6 +99,13 @@ class JobCancelled(Conflict):
     type = "job_cancelled"
 
 
+class RequestTimeout(ServiceError):
+    """Raised when the client did not send its whole body within BODY_TIMEOUT_S."""
+
+    status_code = 408
+    type = "request_timeout"
+
+
 class PayloadTooLarge(ServiceError):
     """Raised when the request body exceeds MAX_BODY_BYTES."""
 
@@ -104,6 +118,20 @@ class UnsupportedMediaType(ServiceError):
 
     status_code = 415
     type = "unsupported_media_type"
+
+
+class UriTooLong(ServiceError):
+    """Raised when the request line is longer than the HTTP server reads (gunicorn's limit)."""
+
+    status_code = 414
+    type = "uri_too_long"
+
+
+class HeaderFieldsTooLarge(ServiceError):
+    """Raised when the request's header fields are too many or too large (gunicorn's limits)."""
+
+    status_code = 431
+    type = "header_fields_too_large"
 
 
 class ValidationFailed(ServiceError):
@@ -148,6 +176,13 @@ class DeadlineExceeded(ServiceError):
     type = "deadline_exceeded"
 
 
+class NotImplementedByServer(ServiceError):
+    """Raised when the request uses an HTTP feature the server does not implement (a transfer coding)."""
+
+    status_code = 501
+    type = "not_implemented"
+
+
 class ServiceUnavailable(ServiceError):
     """Raised when a dependency of the service is down."""
 
@@ -188,5 +223,8 @@ def error_from_stored(exc_type: str | None, message: str) -> ServiceError:
     """Rebuild the error a worker stored in a failed job's result."""
     cls = ERRORS_BY_NAME.get(exc_type or "", None)
     if cls is None:
-        return ServiceError(f"{exc_type}: {message}" if exc_type else message)
+        # Not one of ours (a worker of another version, a foreign Celery
+        # worker): its text may be a Python exception's, which stays in the
+        # worker's log; the client learns only that the job failed.
+        return InferenceFailed("the job failed on the worker; see the worker's log")
     return cls(message)

@@ -57,6 +57,14 @@ DEFAULT_MAX_INPUT_CHARS = 20_000
 DEFAULT_MAX_ITEMS_PER_REQUEST = 256
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
+# The longest a client may take to send a request body once its headers
+# are in (408 past it). Each gunicorn thread reading a body is held for as
+# long as the client trickles it; without a bound, ~130 clients that send
+# less than their Content-Length stall the default webapp. 10 s is ~3 Mbit/s
+# for a body of MAX_BODY_BYTES: slower clients belong behind a buffering
+# proxy (see the README), which also takes the slow reads off gunicorn.
+DEFAULT_BODY_TIMEOUT_S = 10.0
+
 # The most tokens a generation request may ask for: bounds the time one
 # job holds the model.
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -112,6 +120,7 @@ class Settings:
     max_input_chars: int = DEFAULT_MAX_INPUT_CHARS
     max_items_per_request: int = DEFAULT_MAX_ITEMS_PER_REQUEST
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
@@ -251,6 +260,7 @@ _PARSERS = {
     "max_input_chars": _int(1),
     "max_items_per_request": _int(1, 100_000),
     "max_body_bytes": _int(1024),
+    "body_timeout_s": _float(0.1, 3600.0),
     "visibility_timeout": _int(1),
     "heartbeat_s": _float(0.1, 60.0),
     "max_deliveries": _int(1, 1000),

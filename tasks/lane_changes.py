@@ -111,7 +111,12 @@ class LaneChanges:
             try:
                 encodings = lane.runner.encode([job.inputs[i] for i in todo], job.params)
             except Exception as exc:  # noqa: BLE001 - the new version refuses this input
-                job.fail(exc if isinstance(exc, ServiceError) else InferenceFailed(str(exc)))
+                if not isinstance(exc, ServiceError):
+                    # The exception's text stays in this log; the client gets a plain sentence.
+                    log.warning("job %s: the new version of %s cannot encode its inputs: %s: %s",
+                                job.id, job.model_id, type(exc).__name__, exc)
+                    exc = InferenceFailed("the new version of the model cannot encode the inputs")
+                job.fail(exc)
                 failed.append(job)
                 continue
             job.set_cache_keys(model.fingerprint, model.task)

@@ -89,7 +89,9 @@ def encode(model, job: Job, max_new_tokens: int) -> list:
     except ServiceError as exc:
         job.fail(exc)
     except Exception as exc:  # noqa: BLE001 - a tokenizer crash fails only this job
-        job.fail(InferenceFailed(f"cannot encode the inputs: {type(exc).__name__}: {exc}"))
+        # The exception's text stays in this log; the client gets a plain sentence.
+        log.warning("job %s: %s cannot encode its inputs: %s: %s", job.id, job.model_id, type(exc).__name__, exc)
+        job.fail(InferenceFailed("the model's tokenizer cannot encode the inputs"))
     return []
 
 

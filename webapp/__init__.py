@@ -12,9 +12,21 @@ import logging
 import sys
 
 from flask import Flask
+from flask.globals import request_ctx
 
 from common.errors import SettingsError
 from common.settings import Settings, get_settings
+
+
+class ApiFlask(Flask):
+    """Flask, with OPTIONS answered in JSON like everything else."""
+
+    def make_default_options_response(self):
+        """200 `{"allow": [...]}` with the `Allow` header (Flask's own answer has an empty HTML body)."""
+        methods = sorted(request_ctx.url_adapter.allowed_methods())
+        response = self.json.response({"allow": methods})
+        response.allow.update(methods)
+        return response
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -27,7 +39,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         print(f"webapp: bad setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
-    app = Flask(__name__)
+    app = ApiFlask(__name__)
     app.config.update(
         SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
@@ -49,4 +61,4 @@ def create_app(test_config: dict | None = None) -> Flask:
     return app
 
 
-__all__ = ["create_app", "Settings"]
+__all__ = ["ApiFlask", "create_app", "Settings"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from common.errors import (
@@ -45,6 +45,9 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(ServiceError)
     def handle_service_error(error: ServiceError):
+        if error.__cause__ is not None and error.status_code >= 500:
+            # The cause's text (a host, a port, a library's words) goes to the log, not to the client.
+            log.warning("%s %s: %s: %s", request.method, request.path, error.message, error.__cause__)
         return error_response(error)
 
     @app.errorhandler(HTTPException)

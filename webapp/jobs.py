@@ -132,7 +132,8 @@ class JobService:
                 expires = datetime.fromtimestamp(time.time() + timeout, timezone.utc).isoformat()
             self.publisher.publish(job_id, model_id, kwargs, self.listener.channel, record, expires)
         except _REDIS_ERRORS + (KombuError, OperationalError) as exc:
-            error = BrokerUnavailable(f"cannot queue the job: {exc}")
+            log.warning("job %s: cannot queue it: %s", job_id, exc)
+            error = BrokerUnavailable("cannot queue the job: the broker is unreachable")
             if waiter is not None:
                 self._forget(waiter)
                 # requests that joined this job get the same answer
@@ -180,7 +181,7 @@ class JobService:
         try:
             return self.publisher.queue_depth(model_id)
         except (KombuError, OperationalError) + _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot reach the broker: {exc}") from None
+            raise BrokerUnavailable("cannot reach the broker") from exc
 
     # -- reading ----------------------------------------------------------
 
@@ -249,7 +250,7 @@ class JobService:
                 pipe.setex(protocol.result_key(job_id), self.settings.result_ttl, meta)
                 pipe.execute()
         except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot record the job in Redis: {exc}") from None
+            raise BrokerUnavailable("cannot record the job in Redis") from exc
         return job_id
 
     def _read_final(self, job_id: str) -> dict | None:
@@ -271,7 +272,7 @@ class JobService:
                 pipe.get(protocol.result_key(job_id))
                 record, raw_meta = pipe.execute()
         except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot read the job from Redis: {exc}") from None
+            raise BrokerUnavailable("cannot read the job from Redis") from exc
         if not record and raw_meta is None:
             raise JobNotFound(f"no job {job_id!r} (unknown, or expired after RESULT_TTL)")
         record = {k.decode(): v.decode() for k, v in record.items()}
@@ -311,7 +312,7 @@ class JobService:
             before = self._cancel(keys=[protocol.job_key(job_id), protocol.result_key(job_id)],
                                   args=[repr(time.time()), meta, self.settings.result_ttl]).decode()
         except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot reach Redis: {exc}") from None
+            raise BrokerUnavailable("cannot reach Redis") from exc
         if not before:
             raise JobNotFound(f"no job {job_id!r} (unknown, or expired after RESULT_TTL)")
         if before not in (protocol.QUEUED, protocol.CANCELLED):

@@ -86,7 +86,7 @@ class ModelAdmin:
             else:
                 self._redis.hset(protocol.MODEL_SOURCES_KEY, model_id, source)
         except (redis.RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"cannot record the switch in Redis: {exc}") from None
+            raise BrokerUnavailable("cannot record the switch in Redis") from exc
         with self._sources_lock:
             self._sources.clear()
             self._sources_generation += 1
@@ -158,7 +158,7 @@ class ModelAdmin:
         try:
             acquired = self._redis.set(protocol.AUTOLOAD_KEY_PREFIX + model_id, "1", nx=True, ex=AUTOLOAD_LOCK_S)
         except (redis.RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"cannot reach Redis: {exc}") from None
+            raise BrokerUnavailable("cannot reach Redis") from exc
         if not acquired:
             return False
         worker = min(live, key=lambda w: (len(w.get("models", {})), w.get("active", 0), w["name"]))
@@ -167,7 +167,7 @@ class ModelAdmin:
             self.control.broadcast("load_model", arguments={"model_id": model_id, "model_type": None},
                                    destination=[worker["name"]], reply=False)
         except Exception as exc:  # noqa: BLE001 - kombu raises many kinds when the broker is down
-            raise BrokerUnavailable(f"cannot reach the workers: {exc}") from None
+            raise BrokerUnavailable("cannot reach the workers") from exc
         return True
 
     # -- helpers ----------------------------------------------------------
@@ -176,7 +176,7 @@ class ModelAdmin:
         try:
             write()
         except (redis.RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"cannot record the placement in Redis: {exc}") from None
+            raise BrokerUnavailable("cannot record the placement in Redis") from exc
 
     def _targets(self, names: list[str] | None) -> list[str]:
         live = [w["name"] for w in self._workers.live(fresh=True)]
@@ -195,7 +195,7 @@ class ModelAdmin:
             replies = self.control.broadcast(command, arguments=arguments, destination=targets, reply=True,
                                              timeout=REPLY_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - kombu raises many kinds when the broker is down
-            raise BrokerUnavailable(f"cannot reach the workers: {exc}") from None
+            raise BrokerUnavailable("cannot reach the workers") from exc
         out = {}
         for reply in replies or []:
             out.update(reply)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from common.params import TASK_PARAMS
-from common.settings import MAX_TIMEOUT_S, MAX_WAIT_S, Settings
+from common.params import TASK_ALIASES, TASK_PARAMS
+from common.settings import MAX_TIMEOUT_S, MAX_WAIT_S, MODEL_ID_RE, Settings
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+MODEL_ID_PATTERN = f"^{MODEL_ID_RE.pattern}$"
+# What `model_type` accepts (common.params.normalize_task): task names, their underscore forms, aliases.
+MODEL_TYPES = sorted({"", *TASK_PARAMS, *(t.replace("-", "_") for t in TASK_PARAMS), *TASK_ALIASES,
+                      *(a.replace("-", "_") for a in TASK_ALIASES)})
 _PARAM_SCHEMA = {"bool": {"type": "boolean"}, "int": {"type": "integer"}, "float": {"type": "number"},
                  "enum": {"type": "string"}, "str": {"type": "string"},
                  "labels": {"type": "array", "items": {"type": "string"}}}
@@ -23,9 +27,15 @@ def _json(schema: dict, description: str, headers: dict | None = None) -> dict:
 
 
 _LOCATION = {"Location": {"schema": {"type": "string"}, "description": "URL of the job"}}
-_ADMIN = {"401": _error("ADMIN_TOKEN is set and the bearer token is missing or wrong"),
-          "404": _error("the model is not in the store"),
-          "422": _error("bad body: model_id, model_type, workers or wait"),
+_MODEL_ID = {"type": "string", "pattern": MODEL_ID_PATTERN, "example": "minilm"}
+# Every endpoint that reads a JSON body.
+_BODY_ERRORS = {"400": _error("the body is empty or not valid JSON, or its HTTP framing is malformed"),
+                "408": _error("the body did not arrive within BODY_TIMEOUT_S")}
+_ADMIN = {**_BODY_ERRORS,
+          "401": _error("ADMIN_TOKEN is set and the bearer token is missing or wrong"),
+          "404": _error("the model is not in the store (unload: nor loaded on any worker)"),
+          "413": _error("the body exceeds MAX_BODY_BYTES"),
+          "422": _error("bad body: model_id, model_type, source, workers or wait"),
           "503": _error("no worker is alive, or the broker is down")}
 _WORKER_STATES = {"type": "object", "properties": {
     "model_id": {"type": "string"},
@@ -33,12 +43,14 @@ _WORKER_STATES = {"type": "object", "properties": {
                 "description": "worker name -> loaded | loading | unloaded | switched | error: <why> | gone"}}}
 
 
-def _admin_body(required: list[str], extra: dict) -> dict:
-    props = {"model_id": {"type": "string"},
-             "workers": {"type": "array", "items": {"type": "string"},
+def _admin_body(required: list[str], extra: dict, workers: bool = True) -> dict:
+    props = {"model_id": {**_MODEL_ID, "example": "tiny-ner"},
+             "workers": {"type": "array", "items": {"type": "string"}, "nullable": True,
                          "description": "worker names; default: every live worker"},
              "wait": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 120,
                       "description": "seconds to wait for the workers to finish"}}
+    if not workers:  # a switch goes to every worker that has the model
+        del props["workers"]
     props.update(extra)
     return {"required": True, "content": {"application/json": {"schema": {
         "type": "object", "required": required, "additionalProperties": False, "properties": props}}}}
@@ -59,32 +71,36 @@ def build_openapi(settings: Settings) -> dict:
     item = {"oneOf": [text, {"type": "object", "required": ["question", "context"], "additionalProperties": False,
                              "properties": {"question": text, "context": text},
                              "description": "question-answering"}]}
+    inputs = {"oneOf": [item, {"type": "array", "items": item, "minItems": 1,
+                               "maxItems": settings.max_items_per_request}]}
     predict_body = {
         "type": "object",
         "required": ["model_id"],
+        # inputs, or its alias text: one of the two, never both (422).
+        "anyOf": [{"required": ["inputs"]}, {"required": ["text"]}],
+        "not": {"required": ["inputs", "text"]},
         "additionalProperties": False,
         "properties": {
-            "model_id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", "example": "minilm"},
-            "inputs": {
-                "oneOf": [item, {"type": "array", "items": item, "minItems": 1,
-                                 "maxItems": settings.max_items_per_request}],
-                "example": "The quick brown fox jumps over the lazy dog.",
-            },
-            "text": {"description": "alias of inputs", "oneOf": [item, {"type": "array", "items": item}]},
+            "model_id": _MODEL_ID,
+            "inputs": {**inputs, "example": "The quick brown fox jumps over the lazy dog."},
+            "text": {**inputs, "description": "alias of inputs (give one of the two)"},
             "parameters": {
                 "type": "object",
+                "nullable": True,
                 "description": "task parameters; per task: "
                 + "; ".join(f"{t}: {', '.join(p) or 'none'}" for t, p in params.items()),
                 "properties": {k: v for spec in params.values() for k, v in spec.items()},
             },
             "options": {
                 "type": "object",
+                "nullable": True,
                 "additionalProperties": False,
                 "properties": {
                     "wait": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 30,
                              "description": "seconds /predict waits before answering 202 with the job's URL"},
                     "use_cache": {"type": "boolean", "default": True},
-                    "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_S,
+                    "timeout": {"type": "number", "nullable": True, "minimum": 0, "exclusiveMinimum": True,
+                                "maximum": MAX_TIMEOUT_S,
                                 "description": "seconds the job may wait for the model; past it the job is "
                                                "dropped unrun (504 deadline_exceeded)"},
                 },
@@ -95,11 +111,11 @@ def build_openapi(settings: Settings) -> dict:
         "type": "object",
         "properties": {
             "job_id": {"type": "string"},
-            "model_id": {"type": "string"},
+            "model_id": {"type": "string", "nullable": True},
             "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
             "result": {"description": "the shape of inputs: one output, or a list in order"},
             "error": {"$ref": "#/components/schemas/ErrorBody"},
-            "created_at": {"type": "string", "format": "date-time"},
+            "created_at": {"type": "string", "format": "date-time", "nullable": True},
             "started_at": {"type": "string", "format": "date-time"},
             "finished_at": {"type": "string", "format": "date-time"},
         },
@@ -110,7 +126,7 @@ def build_openapi(settings: Settings) -> dict:
                        "status_url": {"type": "string"}},
     }
     body_errors = {
-        "400": _error("the body is not valid JSON"),
+        **_BODY_ERRORS,
         "404": _error("the model is not in the store"),
         "413": _error(f"the body exceeds {settings.max_body_bytes} bytes"),
         "422": _error("validation failed: missing or empty inputs, bad parameter, input too long, too many items"),
@@ -131,7 +147,9 @@ def build_openapi(settings: Settings) -> dict:
                 "requestBody": {"required": True, "content": {"application/json": {"schema": predict_body}}},
                 "responses": {
                     "200": _json({"type": "object", "properties": {
-                        "job_id": {"type": "string"}, "model_id": {"type": "string"},
+                        "job_id": {"type": "string", "nullable": True,
+                                   "description": "null when every item came from the cache"},
+                        "model_id": {"type": "string"},
                         "status": {"type": "string"}, "result": {}, "cached": {"type": "boolean"},
                         "timings": {"type": "object"}}}, "the job succeeded"),
                     "202": _json(accepted, "not done within options.wait; poll status_url", _LOCATION),
@@ -159,8 +177,9 @@ def build_openapi(settings: Settings) -> dict:
             "/models/load": {"post": {
                 "summary": "Load a model on live workers (celery control load_model)",
                 "requestBody": _admin_body(["model_id"], {"model_type": {
-                    "type": "string", "description": "pipeline task, e.g. feature-extraction or feature_extraction; "
-                                                     "default: from the model's config"}}),
+                    "type": "string", "nullable": True, "enum": [*MODEL_TYPES, None],
+                    "description": "pipeline task, e.g. feature-extraction or feature_extraction; "
+                                   "default (absent, null or empty): from the model's config"}}),
                 "responses": {"200": _json(_WORKER_STATES, "each worker's state"), **_ADMIN}}},
             "/models/unload": {"post": {
                 "summary": "Unload a model and free its memory (celery control unload_model)",
@@ -168,7 +187,10 @@ def build_openapi(settings: Settings) -> dict:
                 "responses": {"200": _json(_WORKER_STATES, "each worker's state"), **_ADMIN}}},
             "/models/switch": {"post": {
                 "summary": "Serve model_id from another model directory (a new version), no failed request",
-                "requestBody": _admin_body(["model_id", "source"], {"source": {"type": "string"}}),
+                "requestBody": _admin_body(["model_id", "source"], {
+                    "model_id": {**_MODEL_ID, "example": "minilm"},
+                    "source": {**_MODEL_ID, "example": "minilm-v2",
+                               "description": "the model directory to serve model_id from"}}, workers=False),
                 "responses": {"200": _json(_WORKER_STATES, "each worker's state"), **_ADMIN}}},
             "/workers": {"get": {"summary": "Live workers",
                                  "responses": {"200": _json({"type": "array"}, "the workers")}}},

@@ -121,7 +121,8 @@ class Services:
             if self.admin.autoload(model_id, live) or not failed:
                 return
             # The last on-demand load failed, and it is too soon to try again.
-            raise ModelNotLoaded(f"model {model_id!r} could not be loaded: {failed[0]}")
+            # What the worker reported (an exception's text) is in GET /workers for operators.
+            raise ModelNotLoaded(f"model {model_id!r} could not be loaded; GET /workers shows why")
         raise ModelNotLoaded(
             f"model {model_id!r} is in the store but no worker has it loaded "
             f"(AUTOLOAD is off: POST /models/load, or start a worker with PRELOAD_MODELS={model_id})"

@@ -44,7 +44,7 @@ class WorkerDirectory:
         try:
             raw = self._redis.hgetall(WORKERS_KEY)
         except (redis.RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"cannot read the worker registry from Redis: {exc}") from None
+            raise BrokerUnavailable("cannot read the worker registry from Redis") from exc
         wall = time.time()
         workers = []
         for value in raw.values():

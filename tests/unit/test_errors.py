@@ -2,9 +2,9 @@
 
 from common.errors import (
     ERRORS_BY_NAME,
+    InferenceFailed,
     InputTooLong,
     ModelNotLoaded,
-    ServiceError,
     error_from_stored,
 )
 
@@ -24,6 +24,8 @@ def test_stored_error_comes_back_as_its_class():
     assert error_from_stored("ModelNotLoaded", "x").status_code == ModelNotLoaded.status_code
 
 
-def test_unknown_stored_error_is_a_plain_service_error():
+def test_unknown_stored_error_carries_no_exception_text():
+    """A failure stored by a foreign worker is a 424; its Python exception text is not passed on."""
     error = error_from_stored("ZeroDivisionError", "division by zero")
-    assert type(error) is ServiceError and "ZeroDivisionError" in error.message
+    assert type(error) is InferenceFailed and error.status_code == 424
+    assert "ZeroDivision" not in error.message and "division" not in error.message

@@ -6,9 +6,10 @@ import hmac
 
 from flask import Blueprint, jsonify, request
 
-from common.errors import Unauthorized, ValidationFailed
+from common.errors import ModelNotFound, Unauthorized, ValidationFailed
 from common.params import normalize_task
 from common.settings import MAX_WAIT_S, MODEL_ID_RE
+from webapp.body import read_body
 from webapp.schemas import parse_json
 from webapp.services import services
 
@@ -30,7 +31,7 @@ def require_admin() -> None:
 
 
 def _body(allowed: tuple[str, ...], required: tuple[str, ...]) -> dict:
-    body = parse_json(request.get_data(cache=False))
+    body = parse_json(read_body())
     if not isinstance(body, dict):
         raise ValidationFailed("request body must be a JSON object")
     unknown = sorted(set(body) - set(allowed))
@@ -70,8 +71,15 @@ def unload_model():
     """Unload a model from the named workers (default: all live workers)."""
     require_admin()
     body = _body(("model_id", "workers", "wait"), ("model_id",))
-    states = services().admin.unload(body["model_id"], body.get("workers"), body["wait"])
-    return jsonify({"model_id": body["model_id"], "workers": states})
+    svc = services()
+    model_id = body["model_id"]
+    # 404 like load and switch; a model still loaded somewhere (its directory since removed) can be unloaded.
+    if not svc.catalog.store.exists(model_id) and not any(
+            model_id in w.get("models", {}) or model_id in w.get("changing", {})
+            for w in svc.workers.live(fresh=True)):
+        raise ModelNotFound(f"model {model_id!r} is not in the store nor loaded on any worker")
+    states = svc.admin.unload(model_id, body.get("workers"), body["wait"])
+    return jsonify({"model_id": model_id, "workers": states})
 
 
 @bp.post("/models/switch")

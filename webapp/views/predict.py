@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 import orjson
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, jsonify, url_for
 
 from common.params import validate_item, validate_parameters
 from model_store.store import default_parameters
+from webapp.body import read_body
 from webapp.jobs import outcome
 from webapp.metrics import JOBS
 from webapp.schemas import PredictRequest, parse_json, parse_predict
@@ -52,7 +53,7 @@ def _accept() -> Accepted:
     """Validate the body, the model, its parameters and inputs; read the cache; check a worker serves it."""
     svc = services()
     settings = svc.settings
-    req = parse_predict(parse_json(request.get_data(cache=False)), settings)
+    req = parse_predict(parse_json(read_body()), settings)
     info = svc.catalog.describe(req.model_id)
     task = svc.task_of(req.model_id, info)
     params = validate_parameters(task, req.parameters, default_parameters(info, task), settings.max_new_tokens)
