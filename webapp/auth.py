@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 
 from flask import Flask, current_app, g, request
 
@@ -33,10 +34,6 @@ INFERENCE = "inference"
 # Blueprints (webapp/views) and the rule each follows; unlisted ones are open.
 GUARDED_BLUEPRINTS = {"predict": INFERENCE, "admin": ADMIN}
 
-# request.remote_addr of a client on this machine. X-Forwarded-For is never
-# read: behind a proxy on this host every request would look local, so set
-# ADMIN_TOKEN there.
-LOOPBACK = frozenset({"127.0.0.1", "::1"})
 
 
 def digest(token: str) -> bytes:
@@ -72,6 +69,21 @@ class Tokens:
         return INFERENCE if is_api else None
 
 
+def from_loopback(remote_addr: str | None) -> bool:
+    """Is the TCP peer on this machine (127.0.0.0/8, ::1, or 127.x mapped into IPv6)?
+
+    Only the socket's peer counts: X-Forwarded-For and the like are never
+    read. Behind a proxy on this host every request looks local, so set
+    ADMIN_TOKEN there.
+    """
+    try:
+        addr = ipaddress.ip_address((remote_addr or "").split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
+
+
 def presented_token() -> str | None:
     """The token of `Authorization: Bearer <token>`, or None."""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
@@ -105,7 +117,7 @@ def require_inference() -> None:
 def require_admin() -> None:
     """ADMIN_TOKEN set: that token, else 403 (an inference token) or 401; unset: loopback only (403)."""
     if not _tokens().admin_guarded:
-        if request.remote_addr in LOOPBACK:
+        if from_loopback(request.remote_addr):
             return
         raise Forbidden("model management answers only requests from this machine while ADMIN_TOKEN is unset; "
                         "set ADMIN_TOKEN on the webapp and send `Authorization: Bearer <ADMIN_TOKEN>`")

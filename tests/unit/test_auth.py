@@ -6,7 +6,7 @@ from common.errors import SettingsError
 from common.settings import Settings
 from tests.unit.test_app import assert_error, make_client
 from tests.unit.test_store import make_model
-from webapp.auth import ADMIN, INFERENCE, Tokens
+from webapp.auth import ADMIN, INFERENCE, Tokens, from_loopback
 
 API, OTHER_API, ADMIN_TOKEN = "api-token-1", "api-token-2", "admin-token-9"
 BODY = {"model_id": "minilm", "inputs": "x"}
@@ -34,6 +34,13 @@ def test_tokens_tell_each_role():
     assert tokens.role_of(ADMIN_TOKEN) == ADMIN
     for wrong in (None, "", "api-token", API + "x", API.upper(), ADMIN_TOKEN[:-1]):
         assert tokens.role_of(wrong) is None, wrong
+
+
+def test_loopback_is_the_peer_address_only():
+    for addr in ("127.0.0.1", "127.0.1.1", "::1", "::ffff:127.0.0.1"):
+        assert from_loopback(addr), addr
+    for addr in (None, "", "10.0.0.1", "192.0.2.2", "::ffff:10.0.0.1", "fd00::2", "localhost", "127.0.0.1, 10.0.0.1"):
+        assert not from_loopback(addr), addr
 
 
 @pytest.mark.parametrize("method,path", [("post", "/predict"), ("post", "/jobs"), ("get", "/jobs/abc"),
