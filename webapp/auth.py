@@ -56,7 +56,7 @@ class Tokens:
         return self._admin is not None
 
     def role_of(self, presented: str | None) -> str | None:
-        """ADMIN, INFERENCE or None; compares against every token, whatever matches first."""
+        """ADMIN, INFERENCE or None; compared with every token, no early exit on a match."""
         if not presented:
             return None
         given = digest(presented)
@@ -145,7 +145,7 @@ _RULES = {INFERENCE: require_inference, ADMIN: require_admin}
 def check_request() -> None:
     """Before every view: the blueprint's access rule, then the body's media type."""
     rule = GUARDED_BLUEPRINTS.get(request.blueprint or "")
-    if rule is not None:
+    if rule is not None and request.method != "OPTIONS":  # OPTIONS only lists the allowed methods
         _RULES[rule]()
     if request.method == "POST" and request.url_rule is not None:  # an unknown route stays 404/405
         require_json()

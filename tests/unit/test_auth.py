@@ -79,6 +79,11 @@ def test_admin_endpoints_need_the_admin_token(guarded, path):
     assert passed.status_code not in (401, 403, 415), passed.data
 
 
+def test_options_only_lists_methods(guarded):
+    response = guarded.options("/predict")
+    assert response.status_code == 200 and "POST" in response.headers["Allow"]
+
+
 def test_open_endpoints_stay_open(guarded):
     for path in ("/health", "/metrics", "/openapi.json", "/docs", "/models", "/workers"):
         response = guarded.get(path)
