@@ -48,10 +48,17 @@ class MalformedRequest(ServiceError):
 
 
 class Unauthorized(ServiceError):
-    """Raised when an admin call lacks the right bearer token."""
+    """Raised when a guarded endpoint is called without a valid bearer token."""
 
     status_code = 401
     type = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    """Raised when the caller is known but may not call this endpoint (or not from where it is)."""
+
+    status_code = 403
+    type = "forbidden"
 
 
 class NotFound(ServiceError):
@@ -167,6 +174,13 @@ class QueueFull(ServiceError):
 
     status_code = 429
     type = "queue_full"
+
+
+class RateLimited(ServiceError):
+    """Raised when a client (token or address) has used up RATE_LIMIT."""
+
+    status_code = 429
+    type = "rate_limited"
 
 
 class DeadlineExceeded(ServiceError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -94,6 +94,12 @@ DEFAULT_MAX_MODELS_PER_WORKER = 4
 # than three intervals counts as a dead worker.
 DEFAULT_HEARTBEAT_S = 2.0
 
+# A rate limit as limits (Flask-Limiter) reads it: "100/minute", "10 per second",
+# several joined by ";" (each must hold). Checked here so a typo stops the start.
+_RATE_RE = re.compile(r"\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?", re.IGNORECASE)
+# What a bearer token may hold: visible ASCII, no comma (the list separator).
+_TOKEN_RE = re.compile(r"[!-+\--~]+")
+
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _DEVICE_RE = re.compile(r"auto|cpu|cuda|cuda:\d+")  # use fullmatch
 MODEL_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # use fullmatch
@@ -129,7 +135,10 @@ class Settings:
     cache_l1_bytes: int = DEFAULT_CACHE_L1_BYTES
     autoload: bool = True
     max_models_per_worker: int = DEFAULT_MAX_MODELS_PER_WORKER
-    admin_token: str = ""
+    # Secrets: kept out of repr, so a logged or printed Settings never shows them.
+    api_tokens: tuple[str, ...] = field(default=(), repr=False)
+    admin_token: str = field(default="", repr=False)
+    rate_limit: str = ""  # "" = no rate limit
     log_level: str = "INFO"
 
     def __post_init__(self):
@@ -228,6 +237,27 @@ def _model_list(name: str, raw: str) -> tuple[str, ...]:
     return ids
 
 
+def _tokens(name: str, raw: str) -> tuple[str, ...]:
+    tokens = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for i, token in enumerate(tokens):
+        if not _TOKEN_RE.fullmatch(token):  # the message never shows a token
+            raise SettingsError(f"{name}: token #{i + 1} holds a character other than visible ASCII")
+    return tokens
+
+
+def _token(name: str, raw: str) -> str:
+    if not _TOKEN_RE.fullmatch(raw):
+        raise SettingsError(f"{name} must be visible ASCII characters, with no comma or space")
+    return raw
+
+
+def _rate_limit(name: str, raw: str) -> str:
+    parts = [part.strip() for part in raw.split(";")]
+    if not all(_RATE_RE.fullmatch(part) for part in parts):
+        raise SettingsError(f"{name} must be like 100/minute or 10 per second (several joined by ;), got {raw!r}")
+    return "; ".join(parts)
+
+
 def _device(name: str, raw: str) -> str:
     value = raw.lower()
     if not _DEVICE_RE.fullmatch(value):
@@ -269,7 +299,9 @@ _PARSERS = {
     "cache_l1_bytes": _int(1024),
     "autoload": _bool,
     "max_models_per_worker": _int(1, 1000),
-    "admin_token": _str,
+    "api_tokens": _tokens,
+    "admin_token": _token,
+    "rate_limit": _rate_limit,
     "log_level": _log_level,
 }
 

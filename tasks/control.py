@@ -23,13 +23,17 @@ def _serving(state):
 
 
 @control_command(args=[("model_id", str), ("model_type", str)], signature="<model_id> [model_type]")
-def load_model(state, model_id, model_type=None, **_):
-    """Load a model on this worker (in the background; the reply says its state)."""
+def load_model(state, model_id, model_type=None, on_demand=False, **_):
+    """Load a model on this worker (in the background; the reply says its state).
+
+    `on_demand` (sent by the webapp's AUTOLOAD, not settable from the CLI):
+    the load may not evict one of this worker's PRELOAD_MODELS.
+    """
     try:
         task = normalize_task(model_type)
     except ValidationFailed as exc:
         return {"error": exc.message, "model_id": model_id}
-    return _serving(state).manager.request_load(model_id, task)
+    return _serving(state).manager.request_load(model_id, task, on_demand=on_demand is True)
 
 
 @control_command(args=[("model_id", str)], signature="<model_id>")

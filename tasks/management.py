@@ -29,6 +29,11 @@ from common.placement import Placement
 log = logging.getLogger(__name__)
 
 
+def least_recently_used(candidates, last_used: dict[str, float], keep=frozenset()) -> str | None:
+    """The model of `candidates` that ran longest ago (never = first), leaving out `keep`; None if none."""
+    allowed = [m for m in candidates if m not in keep]
+    return min(allowed, key=lambda m: last_used.get(m, 0.0)) if allowed else None
+
 
 def rss_bytes() -> int:
     return psutil.Process().memory_info().rss
@@ -76,6 +81,9 @@ class ModelManager:
         # thread, an unload runs on the manager thread).
         self._serve_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="model-manager", daemon=True)
+        # The models this worker was started to serve (PRELOAD_MODELS, `-Q infer.<id>`;
+        # tasks/serving.py adds the latter): an on-demand load never evicts them.
+        self.preloaded: frozenset[str] = frozenset(serving.settings.preload_models)
 
     def start(self) -> "ModelManager":
         self._thread.start()
@@ -94,7 +102,8 @@ class ModelManager:
             return protocol.LOADED
         return None
 
-    def request_load(self, model_id: str, task: str | None = None) -> dict:
+    def request_load(self, model_id: str, task: str | None = None, on_demand: bool = False) -> dict:
+        """Queue a load; `on_demand` (AUTOLOAD) loads never evict a preloaded model."""
         state = self.state_of(model_id)
         if state in (protocol.LOADED, protocol.LOADING):
             return {"ok": f"{model_id}: {state}", "model_id": model_id, "state": state, "version": self.version}
@@ -104,7 +113,7 @@ class ModelManager:
         self._placement(lambda: self.placement.want(self.name, model_id, task))
         self.states[model_id] = {"state": protocol.LOADING}
         self._changed()
-        self._submit(self._load, model_id, task)
+        self._submit(self._load, model_id, task, on_demand)
         return {"ok": f"{model_id}: loading", "model_id": model_id, "state": protocol.LOADING, "version": self.version}
 
     def request_unload(self, model_id: str) -> dict:
@@ -199,10 +208,10 @@ class ModelManager:
                 with self._pending_lock:
                     self._pending -= 1
 
-    def _load(self, model_id: str, task: str | None) -> None:
+    def _load(self, model_id: str, task: str | None, on_demand: bool = False) -> None:
         serving = self.serving
         try:
-            self._make_room(model_id)
+            self._make_room(model_id, on_demand)
             release_memory(serving.device)
             self.memory[model_id] = {"rss_before_load": rss_bytes(), "cuda_before_load": cuda_bytes(serving.device)}
             loaded = serving.registry.load(model_id, task, self.source_of(model_id))
@@ -284,13 +293,14 @@ class ModelManager:
         self.states.pop(model_id, None)
         self._changed()
 
-    def _make_room(self, model_id: str) -> None:
+    def _make_room(self, model_id: str, on_demand: bool = False) -> None:
         """Past MAX_MODELS_PER_WORKER, unload the least recently used model that nothing waits for.
 
         A model with jobs in hand, or jobs in its queue that no other live
         worker would take, is never evicted: its jobs would wait for a
-        worker that does not come. When every loaded model is in that
-        state, the load fails with the reason.
+        worker that does not come. An on-demand load (AUTOLOAD: any client
+        can cause one) never evicts a preloaded model either. When no loaded
+        model may go, the load fails with the reason.
         """
         loaded = self.serving.registry.loaded()
         cap = self.serving.settings.max_models_per_worker
@@ -303,10 +313,19 @@ class ModelManager:
         # fetching resumes.
         with self._serve_lock, source.settled():
             idle = [m for m in loaded if self.serving.batcher.in_hand(m) == 0 and not self._stranded_without(m)]
-            if not idle:
+            protected = self.preloaded if on_demand else frozenset()
+            victim = least_recently_used(idle, last_used, protected)
+            if victim is None and idle:
+                busy = sorted(set(loaded) - set(idle))
+                raise ServiceError(
+                    f"MAX_MODELS_PER_WORKER={cap} models are loaded on this worker, and a load on demand (AUTOLOAD) "
+                    f"never unloads one of its PRELOAD_MODELS ({', '.join(sorted(protected & set(loaded)))})"
+                    + (f"; {', '.join(busy)} have jobs waiting that no other worker serves" if busy else "")
+                    + f". Load {model_id} with POST /models/load, raise MAX_MODELS_PER_WORKER, "
+                    "or start another worker")
+            if victim is None:
                 raise ServiceError(f"MAX_MODELS_PER_WORKER={cap} models are loaded on this worker and each has jobs "
                                    "waiting that no other worker serves; unload one, or start another worker")
-            victim = min(idle, key=lambda m: last_used.get(m, 0.0))
             source.unserve(victim)
         log.info("MAX_MODELS_PER_WORKER=%d: unloading %s, the least recently used, to load %s", cap, victim, model_id)
         self._placement(lambda: self.placement.drop(self.name, victim))

@@ -88,6 +88,7 @@ class ModelServing(bootsteps.StartStopStep):
             # its queue is consumed once the model is ready, like any other.
             named = [model_for_queue(q.name) for q in c.task_consumer.queues]
             wanted = list(settings.preload_models) + [m for m in named if m and q_is_model(m, c)]
+            self.manager.preloaded = frozenset(wanted)  # never evicted by an on-demand load
             for q in list(c.task_consumer.queues):
                 if model_for_queue(q.name):
                     c.cancel_task_queue(q.name)

@@ -50,12 +50,14 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.json = OrjsonProvider(app)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from webapp import errors, metrics, services
+    from webapp import auth, errors, metrics, ratelimit, services
     from webapp.views import admin, docs, health, inventory, predict
 
     services.init_app(app, settings)
     errors.init_app(app)
     metrics.init_app(app)
+    ratelimit.init_app(app, settings)  # before auth: guessing tokens counts against the address
+    auth.init_app(app, settings)
     for blueprint in (predict.bp, health.bp, inventory.bp, admin.bp, docs.bp):
         app.register_blueprint(blueprint)
     return app

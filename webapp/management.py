@@ -154,7 +154,7 @@ class ModelAdmin:
         return self._follow(targets, replies, state, lambda s: s != "switching", wait)
 
     def autoload(self, model_id: str, live: list[dict]) -> bool:
-        """Load `model_id` on the least busy live worker, once; True if a load was asked for."""
+        """Load `model_id` on the least busy live worker, on demand, once; True if a load was asked for."""
         try:
             acquired = self._redis.set(protocol.AUTOLOAD_KEY_PREFIX + model_id, "1", nx=True, ex=AUTOLOAD_LOCK_S)
         except (redis.RedisError, OSError) as exc:
@@ -162,9 +162,14 @@ class ModelAdmin:
         if not acquired:
             return False
         worker = min(live, key=lambda w: (len(w.get("models", {})), w.get("active", 0), w["name"]))
-        self._record(lambda: self.placement.want(worker["name"], model_id))
+        # Any client may trigger this, so the load is marked on demand: the worker
+        # never evicts one of its PRELOAD_MODELS for it. The placement is not
+        # written here (the worker records it when it takes the load): a worker
+        # converging on a placement would load it as an admin load. A worker
+        # that misses the broadcast is asked again once the lock expires.
         try:
-            self.control.broadcast("load_model", arguments={"model_id": model_id, "model_type": None},
+            self.control.broadcast("load_model",
+                                   arguments={"model_id": model_id, "model_type": None, "on_demand": True},
                                    destination=[worker["name"]], reply=False)
         except Exception as exc:  # noqa: BLE001 - kombu raises many kinds when the broker is down
             raise BrokerUnavailable("cannot reach the workers") from exc

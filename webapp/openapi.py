@@ -133,7 +133,7 @@ def build_openapi(settings: Settings) -> dict:
         "429": _error("the model's queue is full; see Retry-After"),
         "503": _error("no worker serves the model, or the broker is down"),
     }
-    return {
+    return add_security(settings, {
         "openapi": "3.0.3",
         "info": {
             "title": "Async Transformer Framework",
@@ -207,4 +207,46 @@ def build_openapi(settings: Settings) -> dict:
             "Error": {"type": "object", "required": ["error"],
                       "properties": {"error": {"$ref": "#/components/schemas/ErrorBody"}}},
         }},
-    }
+    })
+
+
+# Who may call what (webapp/auth.py, webapp/ratelimit.py), declared per operation so
+# Swagger UI shows "Authorize" and sends the token, and a fuzzer knows what to expect.
+_INFERENCE_PATHS = ("/predict", "/jobs", "/jobs/{job_id}")
+_ADMIN_PATHS = ("/models/load", "/models/unload", "/models/switch")
+
+
+def add_security(settings: Settings, doc: dict) -> dict:
+    """Add the bearer scheme, each operation's security, and the 401/403/415/429 it may answer."""
+    doc["components"]["securitySchemes"] = {"bearer": {
+        "type": "http", "scheme": "bearer",
+        "description": "API_TOKENS for /predict and /jobs (when set); ADMIN_TOKEN for /models/load|unload|switch "
+                       "(and for inference too)"}}
+    bearer = [{"bearer": []}]
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            responses = op["responses"]
+            if path in _INFERENCE_PATHS and settings.api_tokens:
+                op["security"] = bearer
+                responses["401"] = _error("API_TOKENS is set and the bearer token is missing or unknown")
+            elif path in _ADMIN_PATHS and settings.admin_token:
+                op["security"] = bearer
+                responses["401"] = _error("the bearer token is missing or unknown")
+                responses["403"] = _error("the token is an API token, not ADMIN_TOKEN")
+            elif path in _ADMIN_PATHS:
+                op["security"] = []
+                responses["403"] = _error("ADMIN_TOKEN is unset and the request is not from this machine")
+            else:
+                op["security"] = []
+            if method == "post":
+                responses["415"] = _error("the body is not sent as Content-Type: application/json")
+            if settings.rate_limit and not (path == "/metrics" or path.startswith("/health")):
+                limited = _error(f"RATE_LIMIT ({settings.rate_limit}) reached for this token or address")
+                if "429" in responses:
+                    limited["description"] = responses["429"]["description"] + "; or " + limited["description"]
+                limited["headers"] = {"Retry-After": {"schema": {"type": "integer"},
+                                                      "description": "seconds to wait"}}
+                responses["429"] = limited
+    return doc

@@ -106,7 +106,7 @@ def test_bad_requests_get_a_clear_4xx(api, body, status, type_):
 def test_bad_requests_break_nothing(api, reference):
     """After a burst of bad input the service still answers correctly."""
     for body in (b"{", b"[]", b'{"model_id": "minilm", "inputs": 5}'):
-        api.post("/predict", data=body)
+        api.post("/predict", data=body, headers={"Content-Type": "application/json"})
     body = api.post("/predict", json={"model_id": "minilm", "inputs": SENTENCES[2]}).json()
     assert close(body["result"], reference([SENTENCES[2]])[0])
 

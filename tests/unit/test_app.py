@@ -46,7 +46,8 @@ def assert_error(response, status, type_):
 
 
 def test_malformed_json_is_400(model_dir):
-    assert_error(make_client(model_dir).post("/predict", data=b"{nope"), 400, "invalid_json")
+    assert_error(make_client(model_dir).post("/predict", data=b"{nope", content_type="application/json"), 400,
+                 "invalid_json")
 
 
 def test_validation_is_422(model_dir):
@@ -64,7 +65,8 @@ def test_unknown_model_is_404(model_dir):
 
 def test_body_too_large_is_413(model_dir):
     body = json.dumps({"model_id": "minilm", "inputs": "x" * 5000})
-    assert_error(make_client(model_dir).post("/predict", data=body), 413, "payload_too_large")
+    assert_error(make_client(model_dir).post("/predict", data=body, content_type="application/json"), 413,
+                 "payload_too_large")
 
 
 def test_unknown_route_and_method_are_json(model_dir):

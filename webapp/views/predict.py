@@ -15,6 +15,7 @@ from webapp.metrics import JOBS
 from webapp.schemas import PredictRequest, parse_json, parse_predict
 from webapp.services import services
 
+# Access: webapp/auth.py (API_TOKENS when set).
 bp = Blueprint("predict", __name__)
 
 
