@@ -55,7 +55,8 @@ def test_unloading_an_unknown_model_is_404(model_dir):  # noqa: F811
 
 
 def test_empty_admin_body_is_400(model_dir):  # noqa: F811
-    assert_error(make_client(model_dir).post("/models/unload", data=b""), 400, "invalid_json")
+    response = make_client(model_dir).post("/models/unload", data=b"", content_type="application/json")
+    assert_error(response, 400, "invalid_json")
 
 
 @pytest.mark.parametrize("exc, status, type_", [
