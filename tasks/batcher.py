@@ -338,7 +338,9 @@ class Batcher(LaneChanges):
 
         def on_error(item, exc):
             if not isinstance(exc, ServiceError):
-                log.warning("model %s failed on an item of job %s: %r", lane.model.model_id, item.job.id, exc)
+                # The exception's class only: its message may quote the input.
+                log.warning("model %s failed on an item of job %s: %s", lane.model.model_id, item.job.id,
+                            type(exc).__name__)
                 exc = InferenceFailed(f"the model failed on inputs[{item.index}]: {type(exc).__name__}: {exc}")
             for job, _ in targets_of(item):
                 job.fail(exc)
