@@ -75,3 +75,16 @@ def test_every_celery_consumer_accepts_json_only():
 def test_an_unreachable_redis_is_not_a_settings_error():
     """Only refused credentials or certificates stop a process at start; a Redis that is down is waited for."""
     verify_access({"REDIS_URL": "redis://127.0.0.1:9/0"}, timeout=0.5)
+
+
+def test_a_percent_encoded_password_reads_the_same_everywhere():
+    """`@`, `:` and `/` in a password, percent-encoded, reach redis-py, kombu and the result backend decoded."""
+    from celery import Celery
+    from redis.connection import parse_url
+
+    url = "redis://u:p%40ss%3Aw%2Fd@h:1/0"
+    app = Celery("probe", set_as_current=False)
+    app.conf.update(celery_conf(Settings(redis_url=url)))
+    assert parse_url(url)["password"] == app.connection_for_write().password == \
+        app.backend.connparams["password"] == "p@ss:w/d"
+    assert redacted(url) == "redis://u:***@h:1/0"
