@@ -77,7 +77,11 @@ def verify_access(urls: dict[str, str], timeout: float = 3.0) -> None:
     get better by retrying, so the process stops at start and says which
     variable to fix.
     """
+    checked = set()
     for name, url in urls.items():
+        if url in checked:  # BROKER_URL and RESULT_BACKEND default to REDIS_URL: one check
+            continue
+        checked.add(url)
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         try:
             client.ping()
