@@ -5,6 +5,7 @@ and the webapp's publishing client (`celery_conf(settings)`) use this
 mapping, so they agree on broker, serialization and result storage.
 """
 
+from common.connections import with_cert_reqs
 from common.settings import Settings, get_settings
 
 AMQP_HEARTBEAT_S = 10
@@ -13,8 +14,10 @@ AMQP_HEARTBEAT_S = 10
 def celery_conf(s: Settings) -> dict:
     """Celery's settings for the service settings `s`."""
     return dict(
-        broker_url=s.broker_url,
-        result_backend=s.result_backend,
+        # rediss:// URLs carry their TLS options as query parameters
+        # (common/connections.py), which kombu and the result backend read.
+        broker_url=with_cert_reqs(s.broker_url),
+        result_backend=with_cert_reqs(s.result_backend),
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             # Redis: the last resort for a message consumed through kombu
@@ -37,8 +40,11 @@ def celery_conf(s: Settings) -> dict:
         # JSON only: a broker message must never be able to run code.
         task_serializer="json",
         result_serializer="json",
+        # accept_content also bounds the remote-control mailbox (broadcasts
+        # and replies) and the event receivers (Flower): no queue takes pickle.
         accept_content=["json"],
         result_accept_content=["json"],
+        event_serializer="json",
         # A job is acknowledged only once its result is stored: a worker
         # killed mid-batch loses nothing, its jobs are redelivered.
         task_acks_late=True,

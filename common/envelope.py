@@ -20,8 +20,6 @@ import orjson
 
 from common import protocol
 
-# Celery's own limit on the argument reprs it shows (Flower, logs).
-REPR_MAXSIZE = 1024
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 

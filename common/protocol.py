@@ -63,3 +63,27 @@ def result_key(job_id: str) -> str:
 
 def batch_stats_key(model_id: str) -> str:
     return BATCH_STATS_PREFIX + model_id
+
+
+def arguments_summary(model_id, inputs) -> str:
+    """What a job's message, logs and task events show of its arguments: never the text.
+
+    Celery puts `repr(kwargs)` in every task message (`kwargsrepr`) and in
+    its task-received event, which Flower shows; a job's inputs are the
+    user's data, so they are summarized: the model, the item count and the
+    total characters of the item strings.
+    """
+    items = inputs if isinstance(inputs, list) else [inputs]
+    chars = sum(_chars(item) for item in items)
+    name = model_id[:64] if isinstance(model_id, str) else None
+    return repr({"model_id": name, "items": len(items), "chars": chars})
+
+
+def _chars(item) -> int:
+    if isinstance(item, str):
+        return len(item)
+    if isinstance(item, dict):  # question answering: {"question", "context"}
+        return sum(_chars(v) for v in item.values())
+    if isinstance(item, list):
+        return sum(_chars(v) for v in item)
+    return 0

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping
 
+from common.connections import check_url, redacted
 from common.errors import SettingsError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -164,22 +165,32 @@ class Settings:
 
     def check(self) -> None:
         """Raise SettingsError when fields disagree with each other."""
+        # URLs appear in messages redacted: they may hold a password.
         for name in ("redis_url", "broker_url", "result_backend"):
             url = getattr(self, name)
             if not re.match(r"^(redis|rediss|amqp|amqps|pyamqp|unix)://", url):
-                raise SettingsError(f"{name.upper()} must be a redis:// or amqp:// URL, got {url!r}")
+                raise SettingsError(f"{name.upper()} must be a redis:// or amqp:// URL, got {redacted(url)!r}")
+            if re.match(r"^(redis|rediss|unix)://", url):
+                check_url(name.upper(), url)
         if not re.match(r"^(redis|rediss|unix)://", self.redis_url):
-            raise SettingsError(f"REDIS_URL must be a redis:// URL, got {self.redis_url!r}")
+            raise SettingsError(f"REDIS_URL must be a redis:// URL, got {redacted(self.redis_url)!r}")
         if not re.match(r"^(redis|rediss|unix)://", self.result_backend):
             raise SettingsError(
                 f"RESULT_BACKEND must be a redis:// URL (results are stored in Redis), "
-                f"got {self.result_backend!r}"
+                f"got {redacted(self.result_backend)!r}"
             )
         if self.worker_prefetch < self.max_batch_size:
             raise SettingsError(
                 f"WORKER_PREFETCH ({self.worker_prefetch}) must be at least MAX_BATCH_SIZE "
                 f"({self.max_batch_size}), or prefetch would cap every batch"
             )
+
+    def redis_urls(self) -> dict[str, str]:
+        """Variable name -> URL, of every Redis this service talks to (the broker's if it is one)."""
+        urls = {"REDIS_URL": self.redis_url, "RESULT_BACKEND": self.result_backend}
+        if re.match(r"^(redis|rediss|unix)://", self.broker_url):
+            urls["BROKER_URL"] = self.broker_url
+        return urls
 
     def with_overrides(self, **changes) -> "Settings":
         """A copy with some fields changed (tests, the app factory)."""

@@ -163,3 +163,51 @@ class Webapp:
                 pass
         self.process.wait()
         self._log.close()
+
+
+class Flower:
+    """A real `celery -A tasks flower` on a free loopback port, behind basic auth."""
+
+    def __init__(self, env: dict, log_dir: Path, user: str = "flower", password: str = "flower-test-pass"):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.auth = (user, password)
+        self.log_path = Path(log_dir) / f"flower-{self.port}.log"
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "celery", "-A", "tasks", "flower", f"--port={self.port}", "--address=127.0.0.1",
+             f"--basic-auth={user}:{password}"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def get(self, path: str, timeout: float = 5.0):
+        """GET `path` with the credentials; the parsed JSON answer."""
+        import base64
+
+        request = urllib.request.Request(self.url + path, headers={
+            "Authorization": "Basic " + base64.b64encode(":".join(self.auth).encode()).decode()})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def wait_ready(self, timeout: float = 60.0) -> "Flower":
+        """Return once Flower answers its API (it sees task events from then on)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServiceFailed(f"flower exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                self.get("/api/tasks", timeout=2)
+                return self
+            except OSError:
+                time.sleep(0.3)
+        raise ServiceFailed(f"flower not up in {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()

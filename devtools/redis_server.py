@@ -20,6 +20,8 @@ from pathlib import Path
 
 import redis
 
+from common.connections import redacted
+
 DEFAULT_PORT = 6379
 
 
@@ -140,7 +142,7 @@ def find_or_start(environ=None, persist_dir: str | None = None) -> tuple[str, Em
     url = env.get("REDIS_URL")
     if url:
         if not redis_answers(url, 2.0):
-            raise RuntimeError(f"REDIS_URL={url} does not answer")
+            raise RuntimeError(f"REDIS_URL={redacted(url)} does not answer")
         return url, None, "REDIS_URL"
     local = f"redis://localhost:{DEFAULT_PORT}/0"
     if redis_answers(local):

@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.request
 
+from common.connections import redacted
 from devtools.credentials import flower_basic_auth, login_hint
 from devtools.redis_server import find_or_start, persistence_of
 
@@ -109,7 +110,7 @@ def main() -> int:
         return 2
     url, embedded, how = find_or_start(env, persist_dir=os.path.abspath(os.path.join(".data", "redis")))
     env["REDIS_URL"] = url
-    say(f"Redis: {how} ({url})")
+    say(f"Redis: {how} ({redacted(url)})")
     risk = persistence_of(url)
     if risk:
         say(f"warning: {risk} (see the README's reliability section)")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from celery import Celery
+from celery import Celery, signals
 
+from common.connections import verify_access
 from common.errors import SettingsError
 from common.settings import get_settings
 
@@ -27,5 +28,19 @@ from tasks import control, inference  # noqa: E402,F401  (register tasks.infer a
 from tasks.serving import ModelServing  # noqa: E402
 
 app.steps["consumer"].add(ModelServing)
+
+
+@signals.celeryd_init.connect
+def _refuse_bad_credentials(**_):
+    """A worker stops at start on a wrong Redis password or certificate, naming the variable.
+
+    Celery would retry the broker connection forever; a refused password
+    will not get better by retrying.
+    """
+    try:
+        verify_access(get_settings().redis_urls())
+    except SettingsError as exc:
+        print(f"tasks: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 __all__ = ["app"]

@@ -338,8 +338,10 @@ class Batcher(LaneChanges):
 
         def on_error(item, exc):
             if not isinstance(exc, ServiceError):
-                log.warning("model %s failed on an item of job %s: %r", lane.model.model_id, item.job.id, exc)
-                # What the model raised stays in this log: a 424 carries no Python exception text.
+                # The exception's class only: its message may quote the input. A 424
+                # carries no Python exception text.
+                log.warning("model %s failed on an item of job %s: %s", lane.model.model_id, item.job.id,
+                            type(exc).__name__)
                 exc = InferenceFailed(f"the model failed on inputs[{item.index}]; see the worker's log")
             for job, _ in targets_of(item):
                 job.fail(exc)

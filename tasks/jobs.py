@@ -114,7 +114,8 @@ def job_from_envelope(message: Envelope, **extra) -> Job:
     except InvalidJob:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the shape, the message is refused, not fatal
-        raise InvalidJob(job_id, f"unreadable job: {type(exc).__name__}: {exc}") from None
+        # The class only: the reason is logged, and the exception's text may quote the inputs.
+        raise InvalidJob(job_id, f"unreadable job: {type(exc).__name__}") from None
 
 
 def _read(message: Envelope, job_id: str | None, extra: dict) -> Job:

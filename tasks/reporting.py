@@ -85,9 +85,11 @@ class Reporter:
         """A job arrived (its task-received event)."""
         if self._send_events:
             headers = job.message.headers if job.message is not None else {}
+            # Flower shows these: a summary made here, never the message's own
+            # argsrepr/kwargsrepr (any Celery client's send_task puts the inputs there).
             self._events.append(("task-received", job.received_at, dict(
                 uuid=job.id, name=self._task_name,
-                args=headers.get("argsrepr", "()"), kwargs=headers.get("kwargsrepr", "{}"),
+                args="()", kwargs=protocol.arguments_summary(job.model_id, job.inputs),
                 root_id=headers.get("root_id"), parent_id=headers.get("parent_id"),
                 retries=headers.get("retries", 0), eta=None, expires=headers.get("expires"),
             )))
@@ -243,7 +245,10 @@ class Reporter:
         if job.cancelled:
             return ("task-revoked", now, dict(uuid=job.id, terminated=False, signum=None, expired=False))
         if job.error is not None:
-            return ("task-failed", now, dict(uuid=job.id, exception=repr(job.error), traceback=""))
+            # The error's class and type only: its message may quote the input
+            # (the client reads it from the job's result, Flower does not).
+            summary = f"{type(job.error).__name__}({getattr(job.error, 'type', 'error')!r})"
+            return ("task-failed", now, dict(uuid=job.id, exception=summary, traceback=""))
         return ("task-succeeded", now, dict(uuid=job.id, result=f"<{len(job.outputs)} output(s)>",
                                             runtime=round(now - (job.started_at or job.received_at), 6)))
 

@@ -11,7 +11,7 @@ import redis
 
 from common.protocol import batch_stats_key
 from devtools import processes
-from devtools.processes import PYTHON, ROOT, Webapp, Worker  # noqa: F401  (used by the tests)
+from devtools.processes import PYTHON, ROOT, Flower, Webapp, Worker  # noqa: F401  (used by the tests)
 
 _TEXT = " ".join(topics.values())
 # 256 passages of real English, ~1000 characters each (the model reads the

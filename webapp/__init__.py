@@ -14,8 +14,13 @@ import sys
 from flask import Flask
 from flask.globals import request_ctx
 
+from common.connections import verify_access
 from common.errors import SettingsError
 from common.settings import Settings, get_settings
+
+# gunicorn's exit status for a worker that cannot boot: the master stops
+# rather than start, again and again, a worker that can only fail again.
+WORKER_BOOT_ERROR = 3
 
 
 class ApiFlask(Flask):
@@ -33,11 +38,18 @@ def create_app(test_config: dict | None = None) -> Flask:
     """Build the app; `test_config` may hold SETTINGS (a Settings) and Flask keys."""
     test_config = dict(test_config or {})
     try:
-        settings = test_config.pop("SETTINGS", None) or get_settings()
+        injected = test_config.pop("SETTINGS", None)
+        settings = injected or get_settings()
     except SettingsError as exc:
         # gunicorn would print a traceback; the variable's name is what matters.
         print(f"webapp: bad setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if injected is None:
+        try:
+            verify_access(settings.redis_urls())  # a wrong password or certificate stops it here
+        except SettingsError as exc:
+            print(f"webapp: {exc}", file=sys.stderr)
+            raise SystemExit(WORKER_BOOT_ERROR) from None
 
     app = ApiFlask(__name__)
     app.config.update(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -69,5 +70,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def handle_unexpected(error: Exception):
-        log.exception("unhandled error")
+        # Where it failed, not the exception's text: that may quote the request's inputs.
+        frames = "".join(traceback.format_tb(error.__traceback__))
+        log.error("unhandled %s; traceback (most recent call last):\n%s", type(error).__name__, frames.rstrip())
         return error_response(ServiceError("internal error; see the server log"))

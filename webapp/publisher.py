@@ -17,7 +17,6 @@ import threading
 
 import redis
 from celery import Celery
-from celery.utils.saferepr import saferepr
 from kombu.exceptions import ChannelError
 
 from common import envelope, protocol
@@ -55,7 +54,7 @@ class RedisPublisher:
         """Record the job and queue its message (one round trip when they share a Redis)."""
         queue = protocol.queue_for(model_id)
         message = envelope.write(job_id, queue, kwargs, reply_to, self._origin, expires,
-                                 kwargsrepr=saferepr(kwargs, envelope.REPR_MAXSIZE))
+                                 kwargsrepr=protocol.arguments_summary(model_id, kwargs.get("inputs")))
         with self._results.pipeline(transaction=False) as pipe:
             _record_commands(pipe, job_id, record, self._ttl)
             if self.broker is self._results:
@@ -86,6 +85,8 @@ class CeleryPublisher:
         self.celery.send_task(
             protocol.INFER_TASK, kwargs=kwargs, task_id=job_id, queue=protocol.queue_for(model_id),
             reply_to=reply_to, expires=expires,
+            # Never the inputs: Celery would put repr(kwargs) in the message and Flower would show it.
+            argsrepr="()", kwargsrepr=protocol.arguments_summary(model_id, kwargs.get("inputs")),
             # Results are always stored by our workers; this only stops
             # Celery from subscribing per task in this process.
             ignore_result=True,

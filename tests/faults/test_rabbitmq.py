@@ -14,7 +14,7 @@ import pytest
 from common.protocol import queue_for
 from tests.faults.conftest import purge_rabbitmq_queue, rabbitmq_or_skip, restart_rabbitmq
 from tests.faults.test_broker import ALLOWED, Load
-from tests.faults.test_workers import JOBS, burst, two_workers_and_a_webapp
+from tests.faults.test_workers import JOBS, burst, ready, two_workers_and_a_webapp
 
 MODEL = "minilm-b"  # a queue of its own on the shared broker
 
@@ -75,3 +75,38 @@ def test_a_rabbitmq_restart_under_load_loses_no_accepted_job(cluster, amqp, repo
     after = [job_id for job_id, at in ledger.accepted.items() if at > t0 + 3.0]
     ran_after = {r.get("holder") for r in ledger.records(after)}
     assert {w1.name, w2.name} <= ran_after, ran_after  # both consume again
+
+
+def test_a_pickled_job_on_rabbitmq_fails_unrun(cluster, amqp, tmp_path):
+    """A pickle delivered by Celery's consumer is refused unread (our strategy, not kombu, sees it first)."""
+    import pickle
+    import uuid
+
+    import requests
+    from kombu import Connection
+
+    from tests.helpers import wait_for_status
+
+    class Opens:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pickle-ran"), "w"))
+
+    c = cluster(broker_url=amqp)
+    worker, app = ready(c.worker("w1", preload_models=MODEL), c.webapp())
+    job_id = f"pickled-{uuid.uuid4().hex}"
+    with Connection(amqp) as conn:
+        conn.Producer().publish(
+            pickle.dumps([[], {"model_id": MODEL, "inputs": [Opens()]}, {}]), routing_key=queue_for(MODEL),
+            exchange="", content_type="application/x-python-serialize", content_encoding="binary",
+            headers={"task": "tasks.infer", "id": job_id, "lang": "py"}, delivery_mode=2)
+
+    class Api:
+        def get(self, path):
+            return requests.get(app.url + path, timeout=10)
+
+    failed = wait_for_status(Api(), job_id, {"failed", "succeeded"})
+    assert failed["status"] == "failed" and "JSON only" in failed["error"]["message"], failed
+    after = requests.post(app.url + "/predict", json={"model_id": MODEL, "inputs": "still serving",
+                                                      "options": {"use_cache": False}}, timeout=60)
+    assert after.status_code == 200, after.text
+    assert worker.alive() and not (tmp_path / "pickle-ran").exists()

@@ -92,3 +92,12 @@ def test_a_base64_body_is_decoded():
     doc = {"headers": {"id": "x"}, "properties": {"body_encoding": "base64"}, "body": body,
            "content-type": "application/json"}
     assert envelope.read(json.dumps(doc).encode()).body == b'[[],{},{}]'
+
+
+def test_refused_job_reason_quotes_no_input():
+    """A refused job's reason is logged: it names what is wrong, never the values."""
+    secret = "a private sentence 19c2"
+    msg = message(kwargs={"model_id": "m", "inputs": ["a"], "prefilled": {secret: 1}})
+    with pytest.raises(InvalidJob) as info:
+        job_from_envelope(msg)
+    assert secret not in str(info.value)
