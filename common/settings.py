@@ -61,6 +61,18 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 # job holds the model.
 DEFAULT_MAX_NEW_TOKENS = 256
 
+# The most generation one request may ask for, counted in generated tokens
+# over every item, beam and returned sequence: items x max_new_tokens x
+# num_beams x num_return_sequences. Each factor has a cap of its own, but
+# their product had none: 256 items x 256 tokens x 8 beams x 8 sequences,
+# every one within its cap, held a 2-core CPU worker for 82 s (tiny-bart),
+# and every other model on it waited. No batch generates more than this
+# either, so between two batches of one model another model gets its turn
+# within about the time of the worst accepted request. The default keeps
+# that to a few seconds for the demo models on a 2-core CPU; lower it for
+# large models, raise it on a GPU.
+DEFAULT_MAX_GENERATION_TOKENS_PER_REQUEST = 32_768
+
 # How long /predict waits by default, and the most a client may ask for.
 DEFAULT_WAIT_S = 30.0
 MAX_WAIT_S = 300.0
@@ -116,6 +128,7 @@ class Settings:
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    max_generation_tokens_per_request: int = DEFAULT_MAX_GENERATION_TOKENS_PER_REQUEST
     cache_l1_items: int = DEFAULT_CACHE_L1_ITEMS
     cache_l1_bytes: int = DEFAULT_CACHE_L1_BYTES
     autoload: bool = True
@@ -255,6 +268,7 @@ _PARSERS = {
     "heartbeat_s": _float(0.1, 60.0),
     "max_deliveries": _int(1, 1000),
     "max_new_tokens": _int(1, 100_000),
+    "max_generation_tokens_per_request": _int(1),
     "cache_l1_items": _int(1),
     "cache_l1_bytes": _int(1024),
     "autoload": _bool,

@@ -20,8 +20,10 @@ import threading
 import time
 
 from common import failpoints
+from common.budget import items_within_generation_budget
 from common.cache import cache_key
 from common.errors import DeadlineExceeded, InferenceFailed, ServiceError, WorkerLost
+from model_store.store import default_parameters
 from tasks.jobs import Job
 from tasks.lane_changes import LaneChanges
 from tasks.lanes import Lane, calibrate, encode
@@ -39,7 +41,8 @@ class Batcher(LaneChanges):
         self.max_tokens = settings.max_batch_tokens
         self.max_wait_s = settings.max_wait_ms / 1000.0
         self.max_jobs = settings.worker_prefetch
-        self.max_new_tokens = settings.max_new_tokens
+        self.settings = settings  # what encode() validates jobs against
+        self.max_generation_tokens = settings.max_generation_tokens_per_request
         self._holder = holder  # -> the holder id jobs are started under (tasks/sources.py)
         self._on_room = on_room  # called when finished jobs leave room for more (wakes the fetcher)
         self._cond = threading.Condition()
@@ -137,7 +140,7 @@ class Batcher(LaneChanges):
             if lane is None:
                 return False
             model = lane.model
-            encodings = encode(model, job, self.max_new_tokens)
+            encodings = encode(model, job, self.settings)
             if job.error is not None:
                 self.reporter.finish(model.model_id, [job])
                 return True
@@ -227,7 +230,7 @@ class Batcher(LaneChanges):
                     continue
                 if self.max_wait_s and self._linger(lane):
                     continue
-                batch = plan_batch(lane.waiting, self.max_items, self.max_tokens, lane.cost)
+                batch = plan_batch(lane.waiting, self._batch_items(lane), self.max_tokens, lane.cost)
                 chosen = set(map(id, batch))
                 lane.waiting = [it for it in lane.waiting if id(it) not in chosen]
                 with self._cond:
@@ -290,6 +293,18 @@ class Batcher(LaneChanges):
             if lane.waiting and (best_seq is None or lane.waiting[0].seq < best_seq):
                 best, best_seq = lane, lane.waiting[0].seq
         return best
+
+    def _batch_items(self, lane: Lane) -> int:
+        """MAX_BATCH_SIZE; for generation, no more items than one accepted request may generate for.
+
+        Jobs with equal parameters share batches, so without this a batch of
+        many jobs' items could hold the device (and every other model) far
+        longer than the worst request MAX_GENERATION_TOKENS_PER_REQUEST lets in.
+        """
+        model = lane.model
+        fit = items_within_generation_budget(model.task, lane.waiting[0].job.params, self.max_generation_tokens,
+                                             default_parameters(model.info, model.task))
+        return self.max_items if fit is None else min(self.max_items, fit)
 
     def _linger(self, lane: Lane) -> bool:
         """True (after a short wait) when the batch should wait for more items."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
+from common.budget import check_generation_budget
 from common.errors import InferenceFailed, ServiceError
 from common.params import validate_parameters
 from model_store.store import default_parameters
@@ -79,12 +80,20 @@ class Lane:
         self.items_in_hand -= sum(job.todo for job in jobs)
 
 
-def encode(model, job: Job, max_new_tokens: int) -> list:
-    """The job's items tokenized for `model`; [] and the job failed on a bad input."""
+def encode(model, job: Job, settings) -> list:
+    """The job's items tokenized for `model`; [] and the job failed on a bad input.
+
+    The webapp validated the job; a message from another client may not
+    have been: its parameters and its generation budget are checked again
+    here, and the job runs with the parameters as validated.
+    """
     try:
-        # The webapp validated them; a message from another client may not have been.
-        validate_parameters(model.task, job.params, default_parameters(model.info, model.task), max_new_tokens)
+        defaults = default_parameters(model.info, model.task)
+        params = validate_parameters(model.task, job.params, defaults, settings.max_new_tokens)
         todo_inputs = [item for i, item in enumerate(job.inputs) if i not in job.prefilled]
+        check_generation_budget(model.task, params, len(todo_inputs), settings.max_generation_tokens_per_request,
+                                defaults)
+        job.use_params(params)
         return model.runner.encode(todo_inputs, job.params)
     except ServiceError as exc:
         job.fail(exc)

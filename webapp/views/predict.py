@@ -7,6 +7,7 @@ import time
 import orjson
 from flask import Blueprint, jsonify, request, url_for
 
+from common.budget import check_generation_budget
 from common.params import validate_item, validate_parameters
 from model_store.store import default_parameters
 from webapp.jobs import outcome
@@ -55,7 +56,9 @@ def _accept() -> Accepted:
     req = parse_predict(parse_json(request.get_data(cache=False)), settings)
     info = svc.catalog.describe(req.model_id)
     task = svc.task_of(req.model_id, info)
-    params = validate_parameters(task, req.parameters, default_parameters(info, task), settings.max_new_tokens)
+    defaults = default_parameters(info, task)
+    params = validate_parameters(task, req.parameters, defaults, settings.max_new_tokens)
+    check_generation_budget(task, params, len(req.items), settings.max_generation_tokens_per_request, defaults)
     for i, item in enumerate(req.items):
         validate_item(task, item, f"inputs[{i}]" if req.is_list else "inputs", settings.max_input_chars,
                       info.mask_token)
