@@ -24,6 +24,7 @@ from common.budget import items_within_generation_budget
 from common.cache import cache_key
 from common.errors import DeadlineExceeded, InferenceFailed, ServiceError, WorkerLost
 from model_store.store import default_parameters
+from tasks.fairness import FairShare
 from tasks.jobs import Job
 from tasks.lane_changes import LaneChanges
 from tasks.lanes import Lane, calibrate, encode
@@ -49,6 +50,7 @@ class Batcher(LaneChanges):
         self._lanes: dict[str, Lane] = {}
         self._actions: list = []  # model changes, run by the device thread between batches
         self._seq = itertools.count()
+        self._share = FairShare()  # which model's lane runs next
         self._stopping = False
         self._unstarted: list[Job] = []  # what join() hands back
         self._in_flight: set[Job] = set()  # jobs of the batch being run; guarded by the condition
@@ -274,8 +276,13 @@ class Batcher(LaneChanges):
         return out
 
     def _next_lane(self) -> Lane | None:
-        """The lane whose oldest waiting item is oldest: no model starves another."""
-        best, best_seq = None, None
+        """The lane to run next, after dropping expired and unwanted items.
+
+        Models with work share the device's time (tasks/fairness.py): one
+        model's backlog holds another's job for at most the batch in flight.
+        Within a lane the oldest item runs first (plan_batch): no job starves.
+        """
+        ready = []
         now = time.time()
         for lane in list(self._lanes.values()):
             expired = [job for job in dict.fromkeys(j for it in lane.waiting for j in it.jobs())
@@ -290,9 +297,9 @@ class Batcher(LaneChanges):
             if dead:
                 self._forget(lane, dead)
                 lane.waiting = [it for it in lane.waiting if it.alive]
-            if lane.waiting and (best_seq is None or lane.waiting[0].seq < best_seq):
-                best, best_seq = lane, lane.waiting[0].seq
-        return best
+            if lane.waiting:
+                ready.append(lane)
+        return self._share.pick(ready)
 
     def _batch_items(self, lane: Lane) -> int:
         """MAX_BATCH_SIZE; for generation, no more items than one accepted request may generate for.
@@ -365,6 +372,7 @@ class Batcher(LaneChanges):
         passes = run_isolating(batch, run, on_outputs, on_error)
         elapsed = time.perf_counter() - started
         lane.last_used = time.time()
+        self._share.charge(lane, elapsed)
         if passes == 1:
             lane.cost.observe(len(batch), longest, elapsed)
         jobs = list(dict.fromkeys(j for it in batch for j in it.jobs()))

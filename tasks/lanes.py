@@ -43,6 +43,8 @@ class Lane:
         self.items_per_job = 1.0  # items to compute per job, a moving average
         self.cost = CostModel()
         self.calibrated = False
+        self.served_s = 0.0  # device seconds charged to this model (tasks/fairness.py)
+        self.last_turn = -1  # number of the last batch it ran
 
     def oldest(self) -> float | None:
         """Receipt time of the oldest job with work here, or None when idle."""
