@@ -73,6 +73,15 @@ DEFAULT_MAX_NEW_TOKENS = 256
 # large models, raise it on a GPU.
 DEFAULT_MAX_GENERATION_TOKENS_PER_REQUEST = 32_768
 
+# The same for the other tasks whose work is a product of bounded factors
+# (common/budget.py). Zero-shot classification runs one forward pass per
+# item and candidate label: 256 items x 64 labels were 16384 passes.
+# Fill-mask returns top_k predictions per mask token, each with its whole
+# input decoded again: 256 items of ~500 masks x top_k 100 would have been
+# millions of predictions, gigabytes of JSON.
+DEFAULT_MAX_ZERO_SHOT_PAIRS_PER_REQUEST = 4096
+DEFAULT_MAX_FILL_MASK_PREDICTIONS_PER_REQUEST = 4096
+
 # How long /predict waits by default, and the most a client may ask for.
 DEFAULT_WAIT_S = 30.0
 MAX_WAIT_S = 300.0
@@ -129,6 +138,8 @@ class Settings:
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     max_generation_tokens_per_request: int = DEFAULT_MAX_GENERATION_TOKENS_PER_REQUEST
+    max_zero_shot_pairs_per_request: int = DEFAULT_MAX_ZERO_SHOT_PAIRS_PER_REQUEST
+    max_fill_mask_predictions_per_request: int = DEFAULT_MAX_FILL_MASK_PREDICTIONS_PER_REQUEST
     cache_l1_items: int = DEFAULT_CACHE_L1_ITEMS
     cache_l1_bytes: int = DEFAULT_CACHE_L1_BYTES
     autoload: bool = True
@@ -269,6 +280,8 @@ _PARSERS = {
     "max_deliveries": _int(1, 1000),
     "max_new_tokens": _int(1, 100_000),
     "max_generation_tokens_per_request": _int(1),
+    "max_zero_shot_pairs_per_request": _int(1),
+    "max_fill_mask_predictions_per_request": _int(1),
     "cache_l1_items": _int(1),
     "cache_l1_bytes": _int(1024),
     "autoload": _bool,

@@ -20,7 +20,7 @@ import threading
 import time
 
 from common import failpoints
-from common.budget import items_within_generation_budget
+from common.budget import items_per_batch
 from common.cache import cache_key
 from common.errors import DeadlineExceeded, InferenceFailed, ServiceError, WorkerLost
 from model_store.store import default_parameters
@@ -43,7 +43,6 @@ class Batcher(LaneChanges):
         self.max_wait_s = settings.max_wait_ms / 1000.0
         self.max_jobs = settings.worker_prefetch
         self.settings = settings  # what encode() validates jobs against
-        self.max_generation_tokens = settings.max_generation_tokens_per_request
         self._holder = holder  # -> the holder id jobs are started under (tasks/sources.py)
         self._on_room = on_room  # called when finished jobs leave room for more (wakes the fetcher)
         self._cond = threading.Condition()
@@ -302,15 +301,15 @@ class Batcher(LaneChanges):
         return self._share.pick(ready)
 
     def _batch_items(self, lane: Lane) -> int:
-        """MAX_BATCH_SIZE; for generation, no more items than one accepted request may generate for.
+        """MAX_BATCH_SIZE; fewer when the items' work has a budget (generation, zero-shot): what one request may do.
 
         Jobs with equal parameters share batches, so without this a batch of
         many jobs' items could hold the device (and every other model) far
-        longer than the worst request MAX_GENERATION_TOKENS_PER_REQUEST lets in.
+        longer than the worst request the budget lets in.
         """
         model = lane.model
-        fit = items_within_generation_budget(model.task, lane.waiting[0].job.params, self.max_generation_tokens,
-                                             default_parameters(model.info, model.task))
+        fit = items_per_batch(model.task, lane.waiting[0].job.params, self.settings,
+                              default_parameters(model.info, model.task))
         return self.max_items if fit is None else min(self.max_items, fit)
 
     def _linger(self, lane: Lane) -> bool:

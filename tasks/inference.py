@@ -12,7 +12,7 @@ import threading
 
 import orjson
 
-from common.budget import check_generation_budget
+from common.budget import check_request_budget
 from common.params import validate_parameters
 from common.protocol import INFER_TASK
 from common.settings import get_settings
@@ -44,7 +44,7 @@ def infer(model_id, inputs, parameters=None, is_list=None):
     items = [inputs] if not isinstance(inputs, list) else inputs
     defaults = default_parameters(loaded.info, loaded.task)
     params = validate_parameters(loaded.task, parameters, defaults, settings.max_new_tokens)
-    check_generation_budget(loaded.task, params, len(items), settings.max_generation_tokens_per_request, defaults)
+    check_request_budget(loaded.task, params, items, settings, defaults, loaded.info.mask_token)
     encodings = loaded.runner.encode(items, params)
     outputs = []
     for start in range(0, len(encodings), settings.max_batch_size):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from common.budget import check_generation_budget
+from common.budget import check_request_budget
 from common.errors import InferenceFailed, ServiceError
 from common.params import validate_parameters
 from model_store.store import default_parameters
@@ -86,15 +86,14 @@ def encode(model, job: Job, settings) -> list:
     """The job's items tokenized for `model`; [] and the job failed on a bad input.
 
     The webapp validated the job; a message from another client may not
-    have been: its parameters and its generation budget are checked again
+    have been: its parameters and its budget (common/budget.py) are checked again
     here, and the job runs with the parameters as validated.
     """
     try:
         defaults = default_parameters(model.info, model.task)
         params = validate_parameters(model.task, job.params, defaults, settings.max_new_tokens)
         todo_inputs = [item for i, item in enumerate(job.inputs) if i not in job.prefilled]
-        check_generation_budget(model.task, params, len(todo_inputs), settings.max_generation_tokens_per_request,
-                                defaults)
+        check_request_budget(model.task, params, todo_inputs, settings, defaults, model.info.mask_token)
         job.use_params(params)
         return model.runner.encode(todo_inputs, job.params)
     except ServiceError as exc:

@@ -114,7 +114,7 @@ def build_openapi(settings: Settings) -> dict:
         "404": _error("the model is not in the store"),
         "413": _error(f"the body exceeds {settings.max_body_bytes} bytes"),
         "422": _error("validation failed: missing or empty inputs, bad parameter, input too long, too many items, "
-                      "more generation than MAX_GENERATION_TOKENS_PER_REQUEST (over_budget)"),
+                      "more work than a per-request budget (over_budget)"),
         "429": _error("the model's queue is full; see Retry-After"),
         "503": _error("no worker serves the model, or the broker is down"),
     }

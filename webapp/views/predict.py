@@ -7,7 +7,7 @@ import time
 import orjson
 from flask import Blueprint, jsonify, request, url_for
 
-from common.budget import check_generation_budget
+from common.budget import check_request_budget
 from common.params import validate_item, validate_parameters
 from model_store.store import default_parameters
 from webapp.jobs import outcome
@@ -58,10 +58,10 @@ def _accept() -> Accepted:
     task = svc.task_of(req.model_id, info)
     defaults = default_parameters(info, task)
     params = validate_parameters(task, req.parameters, defaults, settings.max_new_tokens)
-    check_generation_budget(task, params, len(req.items), settings.max_generation_tokens_per_request, defaults)
     for i, item in enumerate(req.items):
         validate_item(task, item, f"inputs[{i}]" if req.is_list else "inputs", settings.max_input_chars,
                       info.mask_token)
+    check_request_budget(task, params, req.items, settings, defaults, info.mask_token)
     accepted = Accepted(req, task, params)
     accepted.cached, accepted.cache_keys, accepted.cache_level = svc.cached_outputs(
         req.model_id, task, req.items, params, req.use_cache)
