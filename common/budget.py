@@ -10,10 +10,14 @@ that make a request's work are bounded here, each by a setting:
 - zero-shot classification: items x candidate_labels premise-hypothesis
   pairs, one forward pass each (MAX_ZERO_SHOT_PAIRS_PER_REQUEST);
 - fill-mask: mask tokens x top_k predictions, each with its own decoded
-  sequence (MAX_FILL_MASK_PREDICTIONS_PER_REQUEST).
+  sequence (MAX_FILL_MASK_PREDICTIONS_PER_REQUEST);
+- feature-extraction with pooling "none": the token vectors returned, one
+  per token of every item (MAX_TOKEN_VECTORS_PER_REQUEST).
 
 The webapp checks them before queueing, and the worker again, since a
-message from another client may not have passed the webapp. Pure functions.
+message from another client may not have passed the webapp. Token vectors
+are counted in tokens, so only the worker, which tokenizes, checks them.
+Pure functions.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from common.params import GENERATION_TASKS, MAX_NEW_TOKENS_PARAM
 GENERATION_BUDGET_SETTING = "MAX_GENERATION_TOKENS_PER_REQUEST"
 ZERO_SHOT_BUDGET_SETTING = "MAX_ZERO_SHOT_PAIRS_PER_REQUEST"
 FILL_MASK_BUDGET_SETTING = "MAX_FILL_MASK_PREDICTIONS_PER_REQUEST"
+TOKEN_VECTORS_BUDGET_SETTING = "MAX_TOKEN_VECTORS_PER_REQUEST"
 # The factors of a generation request's work, in the order the message names them.
 _PER_ITEM_FACTORS = (MAX_NEW_TOKENS_PARAM, "num_beams", "num_return_sequences")
 
@@ -110,6 +115,20 @@ def check_request_budget(task: str, params: dict, items: list, settings, default
         _check(requested, settings, FILL_MASK_BUDGET_SETTING,
                f"return {masks} {mask_token} tokens (in {_count(len(items), 'item')}) x {top_k} top_k = "
                f"{requested} predictions", "send fewer masks, or lower top_k")
+
+
+def check_encoded_budget(task: str, params: dict, lengths: list[int], settings) -> None:
+    """Raise OverBudget (422) when the tokenized items are over a budget counted in tokens.
+
+    `lengths` are the items' lengths in tokens, as the model will read
+    them. Feature extraction with pooling "none" returns a vector per token:
+    256 items of 256 tokens were 25 million numbers, ~250 MB of JSON.
+    """
+    if task == "feature-extraction" and params.get("pooling") == "none":
+        requested = sum(lengths)
+        _check(requested, settings, TOKEN_VECTORS_BUDGET_SETTING,
+               f"return {requested} token vectors (pooling none, {_count(len(lengths), 'item')} of up to "
+               f"{max(lengths, default=0)} tokens)", "send fewer or shorter items, or pool them")
 
 
 def _budget(settings, setting: str) -> int:

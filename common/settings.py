@@ -81,6 +81,11 @@ DEFAULT_MAX_GENERATION_TOKENS_PER_REQUEST = 32_768
 # millions of predictions, gigabytes of JSON.
 DEFAULT_MAX_ZERO_SHOT_PAIRS_PER_REQUEST = 4096
 DEFAULT_MAX_FILL_MASK_PREDICTIONS_PER_REQUEST = 4096
+# Token vectors (pooling "none") one request may get back: each is a row of
+# the model's hidden size (384 numbers for minilm, ~4 KB of JSON). Without
+# it, 256 items of 256 tokens made one result of ~250 MB for Redis and the
+# webapp to hold.
+DEFAULT_MAX_TOKEN_VECTORS_PER_REQUEST = 16384
 
 # How long /predict waits by default, and the most a client may ask for.
 DEFAULT_WAIT_S = 30.0
@@ -140,6 +145,7 @@ class Settings:
     max_generation_tokens_per_request: int = DEFAULT_MAX_GENERATION_TOKENS_PER_REQUEST
     max_zero_shot_pairs_per_request: int = DEFAULT_MAX_ZERO_SHOT_PAIRS_PER_REQUEST
     max_fill_mask_predictions_per_request: int = DEFAULT_MAX_FILL_MASK_PREDICTIONS_PER_REQUEST
+    max_token_vectors_per_request: int = DEFAULT_MAX_TOKEN_VECTORS_PER_REQUEST
     cache_l1_items: int = DEFAULT_CACHE_L1_ITEMS
     cache_l1_bytes: int = DEFAULT_CACHE_L1_BYTES
     autoload: bool = True
@@ -282,6 +288,7 @@ _PARSERS = {
     "max_generation_tokens_per_request": _int(1),
     "max_zero_shot_pairs_per_request": _int(1),
     "max_fill_mask_predictions_per_request": _int(1),
+    "max_token_vectors_per_request": _int(1),
     "cache_l1_items": _int(1),
     "cache_l1_bytes": _int(1024),
     "autoload": _bool,

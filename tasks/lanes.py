@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from common.budget import check_request_budget
+from common.budget import check_encoded_budget, check_request_budget
 from common.errors import InferenceFailed, ServiceError
 from common.params import validate_parameters
 from model_store.store import default_parameters
@@ -95,7 +95,9 @@ def encode(model, job: Job, settings) -> list:
         todo_inputs = [item for i, item in enumerate(job.inputs) if i not in job.prefilled]
         check_request_budget(model.task, params, todo_inputs, settings, defaults, model.info.mask_token)
         job.use_params(params)
-        return model.runner.encode(todo_inputs, job.params)
+        encodings = model.runner.encode(todo_inputs, job.params)
+        check_encoded_budget(model.task, job.params, [enc.length for enc in encodings], settings)
+        return encodings
     except ServiceError as exc:
         job.fail(exc)
     except Exception as exc:  # noqa: BLE001 - a tokenizer crash fails only this job

@@ -2,7 +2,7 @@
 
 import pytest
 
-from common.budget import check_request_budget, generation_tokens, items_per_batch
+from common.budget import check_encoded_budget, check_request_budget, generation_tokens, items_per_batch
 from common.errors import OverBudget
 from common.params import validate_parameters
 from common.settings import Settings
@@ -68,6 +68,16 @@ def test_fill_mask_predictions_are_masks_times_top_k():
                              mask_token="[MASK]")
 
 
+def test_token_vectors_are_counted_in_tokens_once_encoded():
+    """pooling none returns a vector per token: the worker counts them after tokenizing."""
+    settings = Settings(max_token_vectors_per_request=1000)
+    check_encoded_budget("feature-extraction", {"pooling": "none"}, [500, 500], settings)
+    check_encoded_budget("feature-extraction", {"pooling": "mean"}, [500] * 256, settings)  # one vector each
+    with pytest.raises(OverBudget, match=r"return 1001 token vectors \(pooling none, 3 items of up to 500 tokens\)"
+                                         r".*\(MAX_TOKEN_VECTORS_PER_REQUEST\)"):
+        check_encoded_budget("feature-extraction", {"pooling": "none"}, [500, 500, 1], settings)
+
+
 def test_other_tasks_have_no_product_to_bound():
     settings = Settings(max_generation_tokens_per_request=1, max_zero_shot_pairs_per_request=1,
                         max_fill_mask_predictions_per_request=1)
@@ -87,6 +97,6 @@ def test_a_batch_holds_no_more_items_than_one_request_may_have():
 
 def test_the_budgets_are_settings_read_from_the_environment():
     settings = Settings.from_env({"MAX_GENERATION_TOKENS_PER_REQUEST": "1000", "MAX_ZERO_SHOT_PAIRS_PER_REQUEST": "7",
-                                  "MAX_FILL_MASK_PREDICTIONS_PER_REQUEST": "9"})
+                                  "MAX_FILL_MASK_PREDICTIONS_PER_REQUEST": "9", "MAX_TOKEN_VECTORS_PER_REQUEST": "11"})
     assert (settings.max_generation_tokens_per_request, settings.max_zero_shot_pairs_per_request,
-            settings.max_fill_mask_predictions_per_request) == (1000, 7, 9)
+            settings.max_fill_mask_predictions_per_request, settings.max_token_vectors_per_request) == (1000, 7, 9, 11)
