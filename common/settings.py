@@ -69,23 +69,27 @@ DEFAULT_MAX_NEW_TOKENS = 256
 # and every other model on it waited. No batch generates more than this
 # either, so between two batches of one model another model gets its turn
 # within about the time of the worst accepted request. The default keeps
-# that to a few seconds for the demo models on a 2-core CPU; lower it for
-# large models, raise it on a GPU.
+# that to a few seconds for the demo models on the 2-core build machine:
+# the worst shape (tiny-gpt2, 256 items x 128 tokens) took 3.7 CPU-seconds
+# on one core (`python -m bench.budget`); lower it for large models, raise
+# it on a GPU.
 DEFAULT_MAX_GENERATION_TOKENS_PER_REQUEST = 32_768
 
 # The same for the other tasks whose work is a product of bounded factors
-# (common/budget.py). Zero-shot classification runs one forward pass per
-# item and candidate label: 256 items x 64 labels were 16384 passes.
+# (common/budget.py), sized the same way (worst accepted request, inputs
+# as long as the model takes, one core). Zero-shot classification runs one
+# forward pass per item and candidate label: 256 items x 64 labels were
+# 16384 passes; 1024 (16 items x 64 labels) took 3.2 CPU-seconds.
 # Fill-mask returns top_k predictions per mask token, each with its whole
 # input decoded again: 256 items of ~500 masks x top_k 100 would have been
-# millions of predictions, gigabytes of JSON.
-DEFAULT_MAX_ZERO_SHOT_PAIRS_PER_REQUEST = 4096
-DEFAULT_MAX_FILL_MASK_PREDICTIONS_PER_REQUEST = 4096
+# millions of predictions, gigabytes of JSON; 2048 took 2.0 CPU-seconds.
+DEFAULT_MAX_ZERO_SHOT_PAIRS_PER_REQUEST = 1024
+DEFAULT_MAX_FILL_MASK_PREDICTIONS_PER_REQUEST = 2048
 # Token vectors (pooling "none") one request may get back: each is a row of
-# the model's hidden size (384 numbers for minilm, ~4 KB of JSON). Without
-# it, 256 items of 256 tokens made one result of ~250 MB for Redis and the
-# webapp to hold.
-DEFAULT_MAX_TOKEN_VECTORS_PER_REQUEST = 16384
+# the model's hidden size (384 numbers for minilm, ~4.5 KB of JSON). Without
+# it, 256 items of 256 tokens made one result of ~290 MB for Redis and the
+# webapp to hold; 4096 are 18 MB (1.3 CPU-seconds with minilm).
+DEFAULT_MAX_TOKEN_VECTORS_PER_REQUEST = 4096
 
 # How long /predict waits by default, and the most a client may ask for.
 DEFAULT_WAIT_S = 30.0
