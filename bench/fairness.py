@@ -7,11 +7,13 @@ Celery client sends one tiny-bart job (default: the largest the budget
 accepts, ITEMS items x MAX_NEW_TOKENS), then 1.5 s later a one-sentence
 minilm job, and prints how long each took from its sending to its result.
 The client bypasses the webapp, so a job over the budget can be sent too
-(a worker with the budget refuses it at once).
+(a worker with the budget refuses it at once; MAX_GENERATION_TOKENS_PER_REQUEST
+in the environment is passed to the worker, to time a larger job).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import threading
@@ -28,12 +30,14 @@ WORDS = " ".join(topics.values()).split()
 
 
 def main(model_dir: str, items: int | None = None, new: int | None = None, beams: int = 1, seqs: int = 1) -> None:
-    settings = Settings()
+    settings = Settings.from_env()
+    budget = {"max_generation_tokens_per_request": os.environ["MAX_GENERATION_TOKENS_PER_REQUEST"]} if (
+        "MAX_GENERATION_TOKENS_PER_REQUEST" in os.environ) else {}
     items = items or settings.max_items_per_request
     new = new or max(1, settings.max_generation_tokens_per_request // (items * beams * seqs))
     log_dir = tempfile.mkdtemp(prefix="atf-fairness-")
     with EmbeddedRedis() as server:
-        worker = Worker("fairness", service_env(server.url, model_dir, preload_models="tiny-bart,minilm"),
+        worker = Worker("fairness", service_env(server.url, model_dir, preload_models="tiny-bart,minilm", **budget),
                         log_dir).wait_ready(timeout=300)
         try:
             client = Celery("bench", broker=server.url, backend=server.url)
