@@ -154,6 +154,12 @@ class InputTooLong(ValidationFailed):
     type = "input_too_long"
 
 
+class OverBudget(ValidationFailed):
+    """Raised when one request asks for more work than a per-request budget allows."""
+
+    type = "over_budget"
+
+
 class InferenceFailed(ServiceError):
     """Raised when the model raised on an input (the item alone, after isolation)."""
 

@@ -128,6 +128,8 @@ TASK_PARAMS: dict[str, tuple[Param, ...]] = {
 }
 
 SERVED_TASKS = tuple(TASK_PARAMS)
+# Tasks that generate tokens: a request's work grows with max_new_tokens, beams and sequences.
+GENERATION_TASKS = ("text-generation", "text2text-generation", "summarization", "translation")
 # The kind of input item a task takes: a string, or {"question", "context"}.
 QA_TASKS = ("question-answering",)
 

@@ -70,6 +70,36 @@ DEFAULT_BODY_TIMEOUT_S = 10.0
 # job holds the model.
 DEFAULT_MAX_NEW_TOKENS = 256
 
+# The most generation one request may ask for, counted in generated tokens
+# over every item, beam and returned sequence: items x max_new_tokens x
+# num_beams x num_return_sequences. Each factor has a cap of its own, but
+# their product had none: 256 items x 256 tokens x 8 beams x 8 sequences,
+# every one within its cap, held a 2-core CPU worker for 82 s (tiny-bart),
+# and every other model on it waited. No batch generates more than this
+# either, so between two batches of one model another model gets its turn
+# within about the time of the worst accepted request. The default keeps
+# that to a few seconds for the demo models on the 2-core build machine:
+# the worst shape (tiny-gpt2, 256 items x 128 tokens) took 3.7 CPU-seconds
+# on one core (`python -m bench.budget`); lower it for large models, raise
+# it on a GPU.
+DEFAULT_MAX_GENERATION_TOKENS_PER_REQUEST = 32_768
+
+# The same for the other tasks whose work is a product of bounded factors
+# (common/budget.py), sized the same way (worst accepted request, inputs
+# as long as the model takes, one core). Zero-shot classification runs one
+# forward pass per item and candidate label: 256 items x 64 labels were
+# 16384 passes; 1024 (16 items x 64 labels) took 3.2 CPU-seconds.
+# Fill-mask returns top_k predictions per mask token, each with its whole
+# input decoded again: 256 items of ~500 masks x top_k 100 would have been
+# millions of predictions, gigabytes of JSON; 2048 took 2.0 CPU-seconds.
+DEFAULT_MAX_ZERO_SHOT_PAIRS_PER_REQUEST = 1024
+DEFAULT_MAX_FILL_MASK_PREDICTIONS_PER_REQUEST = 2048
+# Token vectors (pooling "none") one request may get back: each is a row of
+# the model's hidden size (384 numbers for minilm, ~4.5 KB of JSON). Without
+# it, 256 items of 256 tokens made one result of ~290 MB for Redis and the
+# webapp to hold; 4096 are 18 MB (1.3 CPU-seconds with minilm).
+DEFAULT_MAX_TOKEN_VECTORS_PER_REQUEST = 4096
+
 # How long /predict waits by default, and the most a client may ask for.
 DEFAULT_WAIT_S = 30.0
 MAX_WAIT_S = 300.0
@@ -132,6 +162,10 @@ class Settings:
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    max_generation_tokens_per_request: int = DEFAULT_MAX_GENERATION_TOKENS_PER_REQUEST
+    max_zero_shot_pairs_per_request: int = DEFAULT_MAX_ZERO_SHOT_PAIRS_PER_REQUEST
+    max_fill_mask_predictions_per_request: int = DEFAULT_MAX_FILL_MASK_PREDICTIONS_PER_REQUEST
+    max_token_vectors_per_request: int = DEFAULT_MAX_TOKEN_VECTORS_PER_REQUEST
     cache_l1_items: int = DEFAULT_CACHE_L1_ITEMS
     cache_l1_bytes: int = DEFAULT_CACHE_L1_BYTES
     autoload: bool = True
@@ -306,6 +340,10 @@ _PARSERS = {
     "heartbeat_s": _float(0.1, 60.0),
     "max_deliveries": _int(1, 1000),
     "max_new_tokens": _int(1, 100_000),
+    "max_generation_tokens_per_request": _int(1),
+    "max_zero_shot_pairs_per_request": _int(1),
+    "max_fill_mask_predictions_per_request": _int(1),
+    "max_token_vectors_per_request": _int(1),
     "cache_l1_items": _int(1),
     "cache_l1_bytes": _int(1024),
     "autoload": _bool,

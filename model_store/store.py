@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import ModelNotFound, ValidationFailed
+from common.params import GENERATION_TASKS
 from common.settings import MODEL_ID_RE
 
 WEIGHT_FILES = (
@@ -60,6 +61,7 @@ class ModelInfo:
     problem: str = ""
     fingerprint: str = ""
     mask_token: str | None = None
+    num_beams: int = 1  # beams the model's generation config asks for when a request does not
     extra: dict = field(default_factory=dict, compare=False)
 
 
@@ -111,7 +113,11 @@ class ModelStore:
 
 def default_parameters(info: ModelInfo, task: str) -> dict:
     """Parameter defaults that come from the model rather than the task."""
-    return {"pooling": info.pooling} if task == "feature-extraction" else {}
+    if task == "feature-extraction":
+        return {"pooling": info.pooling}
+    if task in GENERATION_TASKS and info.num_beams > 1:
+        return {"num_beams": info.num_beams}  # what generate() uses anyway: counted in the request's budget
+    return {}
 
 
 def describe_dir(model_id: str, path: Path) -> ModelInfo:
@@ -142,6 +148,7 @@ def describe_dir(model_id: str, path: Path) -> ModelInfo:
         problem=problem,
         fingerprint=fingerprint(path),
         mask_token=_mask_token(path),
+        num_beams=_declared_num_beams(path, config),
         extra={"architectures": config.get("architectures") or [], "model_type": config.get("model_type")},
     )
 
@@ -204,6 +211,16 @@ def _mask_token(path: Path) -> str | None:
         if isinstance(value, str):
             return value
     return None
+
+
+def _declared_num_beams(path: Path, config: dict) -> int:
+    """The beams generate() uses when a request names none: generation_config.json's, else config.json's."""
+    try:
+        generation = json.loads((path / "generation_config.json").read_text())
+    except (OSError, ValueError):
+        generation = config
+    value = generation.get("num_beams") if isinstance(generation, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else 1
 
 
 def _max_seq_length(path: Path) -> int | None:

@@ -20,8 +20,11 @@ import threading
 import time
 
 from common import failpoints
+from common.budget import items_per_batch
 from common.cache import cache_key
 from common.errors import DeadlineExceeded, InferenceFailed, ServiceError, WorkerLost
+from model_store.store import default_parameters
+from tasks.fairness import FairShare
 from tasks.jobs import Job
 from tasks.lane_changes import LaneChanges
 from tasks.lanes import Lane, calibrate, encode
@@ -39,13 +42,14 @@ class Batcher(LaneChanges):
         self.max_tokens = settings.max_batch_tokens
         self.max_wait_s = settings.max_wait_ms / 1000.0
         self.max_jobs = settings.worker_prefetch
-        self.max_new_tokens = settings.max_new_tokens
+        self.settings = settings  # what encode() validates jobs against
         self._holder = holder  # -> the holder id jobs are started under (tasks/sources.py)
         self._on_room = on_room  # called when finished jobs leave room for more (wakes the fetcher)
         self._cond = threading.Condition()
         self._lanes: dict[str, Lane] = {}
         self._actions: list = []  # model changes, run by the device thread between batches
         self._seq = itertools.count()
+        self._share = FairShare()  # which model's lane runs next
         self._stopping = False
         self._unstarted: list[Job] = []  # what join() hands back
         self._in_flight: set[Job] = set()  # jobs of the batch being run; guarded by the condition
@@ -137,7 +141,7 @@ class Batcher(LaneChanges):
             if lane is None:
                 return False
             model = lane.model
-            encodings = encode(model, job, self.max_new_tokens)
+            encodings = encode(model, job, self.settings)
             if job.error is not None:
                 self.reporter.finish(model.model_id, [job])
                 return True
@@ -227,7 +231,7 @@ class Batcher(LaneChanges):
                     continue
                 if self.max_wait_s and self._linger(lane):
                     continue
-                batch = plan_batch(lane.waiting, self.max_items, self.max_tokens, lane.cost)
+                batch = plan_batch(lane.waiting, self._batch_items(lane), self.max_tokens, lane.cost)
                 chosen = set(map(id, batch))
                 lane.waiting = [it for it in lane.waiting if id(it) not in chosen]
                 with self._cond:
@@ -271,8 +275,13 @@ class Batcher(LaneChanges):
         return out
 
     def _next_lane(self) -> Lane | None:
-        """The lane whose oldest waiting item is oldest: no model starves another."""
-        best, best_seq = None, None
+        """The lane to run next, after dropping expired and unwanted items.
+
+        Models with work share the device's time (tasks/fairness.py): one
+        model's backlog holds another's job for at most the batch in flight.
+        Within a lane the oldest item runs first (plan_batch): no job starves.
+        """
+        ready = []
         now = time.time()
         for lane in list(self._lanes.values()):
             expired = [job for job in dict.fromkeys(j for it in lane.waiting for j in it.jobs())
@@ -287,9 +296,21 @@ class Batcher(LaneChanges):
             if dead:
                 self._forget(lane, dead)
                 lane.waiting = [it for it in lane.waiting if it.alive]
-            if lane.waiting and (best_seq is None or lane.waiting[0].seq < best_seq):
-                best, best_seq = lane, lane.waiting[0].seq
-        return best
+            if lane.waiting:
+                ready.append(lane)
+        return self._share.pick(ready)
+
+    def _batch_items(self, lane: Lane) -> int:
+        """MAX_BATCH_SIZE; fewer when the items' work has a budget (generation, zero-shot): what one request may do.
+
+        Jobs with equal parameters share batches, so without this a batch of
+        many jobs' items could hold the device (and every other model) far
+        longer than the worst request the budget lets in.
+        """
+        model = lane.model
+        fit = items_per_batch(model.task, lane.waiting[0].job.params, self.settings,
+                              default_parameters(model.info, model.task))
+        return self.max_items if fit is None else min(self.max_items, fit)
 
     def _linger(self, lane: Lane) -> bool:
         """True (after a short wait) when the batch should wait for more items."""
@@ -353,6 +374,7 @@ class Batcher(LaneChanges):
         passes = run_isolating(batch, run, on_outputs, on_error)
         elapsed = time.perf_counter() - started
         lane.last_used = time.time()
+        self._share.charge(lane, elapsed)
         if passes == 1:
             lane.cost.observe(len(batch), longest, elapsed)
         jobs = list(dict.fromkeys(j for it in batch for j in it.jobs()))

@@ -12,6 +12,7 @@ import threading
 
 import orjson
 
+from common.budget import check_encoded_budget, check_request_budget
 from common.params import validate_parameters
 from common.protocol import INFER_TASK
 from common.settings import get_settings
@@ -41,9 +42,11 @@ def infer(model_id, inputs, parameters=None, is_list=None):
     loaded = registry.load(model_id)
     single = not isinstance(inputs, list) if is_list is None else not is_list
     items = [inputs] if not isinstance(inputs, list) else inputs
-    params = validate_parameters(loaded.task, parameters, default_parameters(loaded.info, loaded.task),
-                                 settings.max_new_tokens)
+    defaults = default_parameters(loaded.info, loaded.task)
+    params = validate_parameters(loaded.task, parameters, defaults, settings.max_new_tokens)
+    check_request_budget(loaded.task, params, items, settings, defaults, loaded.info.mask_token)
     encodings = loaded.runner.encode(items, params)
+    check_encoded_budget(loaded.task, params, [enc.length for enc in encodings], settings)
     outputs = []
     for start in range(0, len(encodings), settings.max_batch_size):
         outputs.extend(loaded.runner.run(encodings[start:start + settings.max_batch_size], params))

@@ -61,6 +61,11 @@ class Job:
         self.remaining = len(self.inputs) - len(self.prefilled)
         self.cache_keys = [None] * len(self.inputs)
 
+    def use_params(self, params: dict) -> None:
+        """Run with `params`, the message's as validated (defaults filled in): what was checked is what runs."""
+        self.params = params
+        self.params_key = json.dumps(params, sort_keys=True)
+
     @property
     def cacheable(self) -> bool:
         """Sampled generations differ run to run: never cached, never shared."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
+from common.budget import check_encoded_budget, check_request_budget
 from common.errors import InferenceFailed, ServiceError
 from common.params import validate_parameters
 from model_store.store import default_parameters
@@ -42,6 +43,8 @@ class Lane:
         self.items_per_job = 1.0  # items to compute per job, a moving average
         self.cost = CostModel()
         self.calibrated = False
+        self.served_s = 0.0  # device seconds charged to this model (tasks/fairness.py)
+        self.last_turn = -1  # number of the last batch it ran
 
     def oldest(self) -> float | None:
         """Receipt time of the oldest job with work here, or None when idle."""
@@ -79,13 +82,22 @@ class Lane:
         self.items_in_hand -= sum(job.todo for job in jobs)
 
 
-def encode(model, job: Job, max_new_tokens: int) -> list:
-    """The job's items tokenized for `model`; [] and the job failed on a bad input."""
+def encode(model, job: Job, settings) -> list:
+    """The job's items tokenized for `model`; [] and the job failed on a bad input.
+
+    The webapp validated the job; a message from another client may not
+    have been: its parameters and its budget (common/budget.py) are checked again
+    here, and the job runs with the parameters as validated.
+    """
     try:
-        # The webapp validated them; a message from another client may not have been.
-        validate_parameters(model.task, job.params, default_parameters(model.info, model.task), max_new_tokens)
+        defaults = default_parameters(model.info, model.task)
+        params = validate_parameters(model.task, job.params, defaults, settings.max_new_tokens)
         todo_inputs = [item for i, item in enumerate(job.inputs) if i not in job.prefilled]
-        return model.runner.encode(todo_inputs, job.params)
+        check_request_budget(model.task, params, todo_inputs, settings, defaults, model.info.mask_token)
+        job.use_params(params)
+        encodings = model.runner.encode(todo_inputs, job.params)
+        check_encoded_budget(model.task, job.params, [enc.length for enc in encodings], settings)
+        return encodings
     except ServiceError as exc:
         job.fail(exc)
     except Exception as exc:  # noqa: BLE001 - a tokenizer crash fails only this job

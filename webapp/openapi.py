@@ -129,7 +129,8 @@ def build_openapi(settings: Settings) -> dict:
         **_BODY_ERRORS,
         "404": _error("the model is not in the store"),
         "413": _error(f"the body exceeds {settings.max_body_bytes} bytes"),
-        "422": _error("validation failed: missing or empty inputs, bad parameter, input too long, too many items"),
+        "422": _error("validation failed: missing or empty inputs, bad parameter, input too long, too many items, "
+                      "more work than a per-request budget (over_budget)"),
         "429": _error("the model's queue is full; see Retry-After"),
         "503": _error("no worker serves the model, or the broker is down"),
     }

@@ -58,6 +58,21 @@ def test_validation_is_422(model_dir):
                  422, "validation_error")
 
 
+def test_generation_over_the_budget_is_422_before_queueing(model_dir):
+    """items x max_new_tokens x num_beams x num_return_sequences over the budget: 422, Redis never asked."""
+    make_model(model_dir, "tiny-bart", arch="BartForConditionalGeneration")
+    client = make_client(model_dir, max_generation_tokens_per_request=1000)
+    body = {"model_id": "tiny-bart", "inputs": ["a", "b"],
+            "parameters": {"max_new_tokens": 100, "num_beams": 3, "num_return_sequences": 2}}
+    response = client.post("/predict", json=body)
+    assert_error(response, 422, "over_budget")
+    message = response.get_json()["error"]["message"]
+    assert "2 items x 100 max_new_tokens x 3 num_beams x 2 num_return_sequences = 1200" in message
+    assert "at most 1000 per request (MAX_GENERATION_TOKENS_PER_REQUEST)" in message
+    within = dict(body, parameters={"max_new_tokens": 100, "num_beams": 5})  # 1000: accepted, so on to Redis
+    assert client.post("/jobs", json=within).status_code == 503
+
+
 def test_unknown_model_is_404(model_dir):
     assert_error(make_client(model_dir).post("/predict", json={"model_id": "ghost", "inputs": "x"}),
                  404, "model_not_found")

@@ -86,3 +86,15 @@ def test_a_symlinked_model_is_served_from_its_target(tmp_path):
     (store / "linked").symlink_to(real, target_is_directory=True)
     info = ModelStore(store).describe("linked")
     assert info.complete and info.task == "feature-extraction"
+
+
+def test_declared_num_beams_from_the_generation_config(tmp_path):
+    """The beams generate() uses by default: generation_config.json's, else config.json's, else 1."""
+    make_model(tmp_path, "plain", arch="BartForConditionalGeneration")
+    cnn = make_model(tmp_path, "cnn", arch="BartForConditionalGeneration")
+    (cnn / "generation_config.json").write_text(json.dumps({"num_beams": 4, "max_length": 142}))
+    legacy = make_model(tmp_path, "legacy", arch="BartForConditionalGeneration")
+    (legacy / "config.json").write_text(json.dumps({"architectures": ["BartForConditionalGeneration"],
+                                                     "num_beams": 3}))
+    store = ModelStore(tmp_path)
+    assert [store.describe(m).num_beams for m in ("plain", "cnn", "legacy")] == [1, 4, 3]

@@ -7,6 +7,7 @@ import time
 import orjson
 from flask import Blueprint, jsonify, url_for
 
+from common.budget import check_request_budget
 from common.params import validate_item, validate_parameters
 from model_store.store import default_parameters
 from webapp.body import read_body
@@ -57,10 +58,12 @@ def _accept() -> Accepted:
     req = parse_predict(parse_json(read_body()), settings)
     info = svc.catalog.describe(req.model_id)
     task = svc.task_of(req.model_id, info)
-    params = validate_parameters(task, req.parameters, default_parameters(info, task), settings.max_new_tokens)
+    defaults = default_parameters(info, task)
+    params = validate_parameters(task, req.parameters, defaults, settings.max_new_tokens)
     for i, item in enumerate(req.items):
         validate_item(task, item, f"inputs[{i}]" if req.is_list else "inputs", settings.max_input_chars,
                       info.mask_token)
+    check_request_budget(task, params, req.items, settings, defaults, info.mask_token)
     accepted = Accepted(req, task, params)
     accepted.cached, accepted.cache_keys, accepted.cache_level = svc.cached_outputs(
         req.model_id, task, req.items, params, req.use_cache)
