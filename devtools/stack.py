@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -86,11 +87,13 @@ class Child:
 
 
 def wait_healthy(children: list[Child], timeout: float) -> dict | None:
+    """The API's /health once it answers and Flower accepts connections; None if not within `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not all(c.alive() for c in children):
             return None
         try:
+            socket.create_connection((LOCAL, FLOWER_PORT), timeout=2).close()
             with urllib.request.urlopen(f"http://{LOCAL}:{WEB_PORT}/health", timeout=2) as resp:
                 return json.load(resp)
         except OSError:

@@ -178,7 +178,9 @@ def test_on_demand_loads_never_evict_a_preloaded_model(redis_url, model_dir, log
         refused = requests.post(app.url + "/predict", json={"model_id": "tiny-gpt2", "inputs": "Once upon a time"},
                                 timeout=60)
         assert refused.status_code == 503, refused.text
-        assert refused.json()["error"]["type"] == "model_not_loaded" and "PRELOAD_MODELS" in refused.text
+        assert refused.json()["error"]["type"] == "model_not_loaded" and "GET /workers" in refused.text
+        shown = requests.get(app.url + "/workers", timeout=10).text  # where the answer points for the reason
+        assert "PRELOAD_MODELS" in shown and "tiny-gpt2" in shown, shown
 
         # 2. An admin load keeps today's rule: the least recently used goes, preloaded or not.
         loaded = requests.post(app.url + "/models/load", json={"model_id": "tiny-gpt2"}, timeout=120)
