@@ -10,7 +10,10 @@ are honoured here; command-line options still win.
 import os
 import sys
 
-from devtools.credentials import flower_basic_auth, login_hint
+# Flower runs this file by itself, with the working directory no longer on sys.path.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from devtools.credentials import flower_basic_auth, login_hint  # noqa: E402
 
 address = os.environ.get("FLOWER_ADDRESS") or os.environ.get("HOST") or "127.0.0.1"
 try:

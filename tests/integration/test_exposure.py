@@ -25,6 +25,8 @@ from devtools.processes import PYTHON, ROOT
 from devtools.redis_server import free_port
 from tests.helpers import service_env
 
+CELERY = os.path.join(os.path.dirname(PYTHON), "celery")  # the command the README gives, not `python -m`
+
 
 def listening(pid: int) -> set[str]:
     """Addresses the process and its children listen on."""
@@ -98,10 +100,10 @@ def test_flower_asks_for_a_login_it_generated_and_kept_private(redis_url, tmp_pa
     port = free_port()
     kept = tmp_path / "secrets" / "flower-credentials"
     env = service_env(redis_url, tmp_path, flower_credentials_file=kept)
-    for name in ("FLOWER_BASIC_AUTH", "HOST", "FLOWER_ADDRESS"):
+    for name in ("FLOWER_BASIC_AUTH", "HOST", "FLOWER_ADDRESS", "PYTHONPATH"):  # as a user starts it
         env.pop(name, None)
     log = tmp_path / "flower.log"
-    flower = start([PYTHON, "-m", "celery", "-A", "tasks", "flower", f"--port={port}"], env, log)
+    flower = start([CELERY, "-A", "tasks", "flower", f"--port={port}"], env, log)
     try:
         wait_answering(f"http://127.0.0.1:{port}/", flower, log)
         assert listening(flower.pid) == {"127.0.0.1"}
@@ -117,7 +119,7 @@ def test_flower_asks_for_a_login_it_generated_and_kept_private(redis_url, tmp_pa
 
     # FLOWER_BASIC_AUTH, Flower's own setting, replaces the generated login.
     env["FLOWER_BASIC_AUTH"] = "alice:correct-horse"
-    flower = start([PYTHON, "-m", "celery", "-A", "tasks", "flower", f"--port={port}"], env, log)
+    flower = start([CELERY, "-A", "tasks", "flower", f"--port={port}"], env, log)
     try:
         wait_answering(f"http://127.0.0.1:{port}/", flower, log)
         assert status_of(f"http://127.0.0.1:{port}/api/workers", "alice:correct-horse") == 200
@@ -132,7 +134,7 @@ def test_make_run_prints_how_to_log_in_to_flower(redis_url, model_dir, tmp_path)
     kept = tmp_path / "flower-credentials"
     env = service_env(redis_url, model_dir, preload_models="tiny-ner", web_port=web_port, flower_port=flower_port,
                       flower_credentials_file=kept, web_concurrency=1)
-    for name in ("FLOWER_BASIC_AUTH", "HOST", "FLOWER_ADDRESS", "WEB_BIND"):
+    for name in ("FLOWER_BASIC_AUTH", "HOST", "FLOWER_ADDRESS", "WEB_BIND", "PYTHONPATH"):  # as `make run` does
         env.pop(name, None)
     stack = subprocess.Popen([PYTHON, "-m", "devtools.stack"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
