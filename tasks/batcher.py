@@ -29,7 +29,7 @@ from tasks.jobs import Job
 from tasks.lane_changes import LaneChanges
 from tasks.lanes import Lane, calibrate, encode
 from tasks.planning import Item, plan_batch, run_isolating
-from tasks.reporting import CANCELLED, FINISHED_ELSEWHERE, KILLS_WORKERS, RUN_ALONE
+from tasks.reporting import CANCELLED, FINISHED_ELSEWHERE, KILLS_WORKERS, RERUN, RUN_ALONE
 
 log = logging.getLogger(__name__)
 
@@ -397,12 +397,11 @@ class Batcher(LaneChanges):
         fresh = [job for job in jobs if job.started_at is None and not job.done]
         if not fresh:
             return batch
-        alone = len(jobs) == 1
-        if alone and jobs[0].alone:
+        verdicts = self.reporter.start(fresh, self._holder(), alone=len(jobs) == 1)
+        if RERUN in verdicts:
             # It may kill this worker: first store every result finished so far,
             # or their jobs would count a death they had no part in.
             self.reporter.drain()
-        verdicts = self.reporter.start(fresh, self._holder(), alone=alone)
         ended = []
         for job, verdict in zip(fresh, verdicts):
             if verdict == CANCELLED:

@@ -47,7 +47,7 @@ STOP_RETRY_S = 10.0
 EVENT_FLUSH_S = 0.05
 
 # What start_jobs.lua says of each job, just before its batch runs.
-RUN, RUN_ALONE, CANCELLED, FINISHED_ELSEWHERE, KILLS_WORKERS = 1, 2, 0, -1, -2
+RUN, RUN_ALONE, CANCELLED, FINISHED_ELSEWHERE, KILLS_WORKERS, RERUN = 1, 2, 0, -1, -2, 3
 
 
 class Reporter:
@@ -97,8 +97,9 @@ class Reporter:
     def start(self, jobs: list[Job], holder: str, alone: bool) -> list[int]:
         """Mark jobs running just before their batch (device thread); one verdict per job.
 
-        RUN: the job runs (started_at is set). RUN_ALONE: not started, it must
-        run in a batch of its own (`alone`: the batch is that one job).
+        RUN: the job runs (started_at is set); RERUN: the same, alone, and a
+        worker died running it before. RUN_ALONE: not started, it must run in
+        a batch of its own (`alone`: the batch is that one job).
         CANCELLED, FINISHED_ELSEWHERE, KILLS_WORKERS: it must not run
         (common/lua/start_jobs.lua).
         """
@@ -108,7 +109,7 @@ class Reporter:
             args=[repr(now), holder, self.max_deliveries, self.ttl, "1" if alone else "0"]))
         verdicts = [int(v) for v in verdicts] if verdicts is not None else [RUN] * len(jobs)
         for job, verdict in zip(jobs, verdicts):
-            if verdict == RUN:
+            if verdict in (RUN, RERUN):
                 job.started_at = now
                 if self._send_events:
                     self._events.append(("task-started", now, {"uuid": job.id}))

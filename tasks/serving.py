@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 
 import orjson
 import redis
-from celery import bootsteps
+from celery import bootsteps, signals
 
 from common import envelope, failpoints, protocol
 from common.deliveries import Reaper
@@ -84,6 +85,7 @@ class ModelServing(bootsteps.StartStopStep):
             self.source.start()
             self.heartbeat = Heartbeat(settings.redis_url, c.hostname, settings.heartbeat_s, self.state,
                                        on_tick=self.tick).start()
+            signals.worker_shutting_down.connect(self._on_shutting_down, weak=False)
             # `-Q infer.<model_id>` on the command line asks for that model too;
             # its queue is consumed once the model is ready, like any other.
             named = [model_for_queue(q.name) for q in c.task_consumer.queues]
@@ -232,17 +234,31 @@ class ModelServing(bootsteps.StartStopStep):
             "batching": self.batcher.budgets(),
         }
 
+    def _on_shutting_down(self, **_) -> None:
+        """SIGTERM, SIGINT or SIGQUIT just arrived (signal handler): give back the jobs not started now.
+
+        Celery stops this step only once its event loop notices, a second or
+        more later on a busy machine, and a cold shutdown never gets there.
+        """
+        if isinstance(self.source, RedisSource) and self.batcher is not None:
+            threading.Thread(target=self._give_back_unstarted, name="hand-back", daemon=True).start()
+
+    def _give_back_unstarted(self) -> None:
+        self.source.stop()  # take nothing more
+        unstarted = self.batcher.stop()
+        if unstarted:
+            handed = self.source.hand_back(unstarted)
+            log.info("warm shutdown: %d job(s) not started are back at the front of their queues", handed)
+
     def shutdown(self, c):
         """Warm shutdown: finish what was started, give the rest back at once, leave the registry."""
+        signals.worker_shutting_down.disconnect(self._on_shutting_down)
         if self.manager is not None:
             self.manager.stop()
-        if self.source is not None:
-            self.source.stop()  # take nothing more
+        if self.source is not None and self.batcher is None:
+            self.source.stop()
         if self.batcher is not None:
-            unstarted = self.batcher.stop()
-            if unstarted:
-                handed = self.source.hand_back(unstarted)
-                log.info("warm shutdown: %d job(s) not started are back at the front of their queues", handed)
+            self._give_back_unstarted()
             left = self.batcher.join()  # the batch in flight, and the jobs it started, finish
             if left:
                 self.source.hand_back(left)

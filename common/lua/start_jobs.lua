@@ -5,6 +5,7 @@
 -- ARGV[5] '1' when the batch holds these jobs alone (one job), else '0'
 -- Returns per job:
 --   1  run it (it is started now)
+--   3  run it (it is started now, alone, again: a worker died running it before)
 --   2  not started: it was started before and never finished (a worker
 --      died running it, maybe of it), so it runs in a batch of its own,
 --      where it cannot take other jobs down with it (ask again with ARGV[5] = '1')
@@ -31,7 +32,7 @@ for i, key in ipairs(KEYS) do
       if redis.call('TTL', key) < 0 then
         redis.call('EXPIRE', key, tonumber(ARGV[4]))
       end
-      out[i] = 1
+      if attempts > 0 then out[i] = 3 else out[i] = 1 end
     end
   end
 end

@@ -99,7 +99,9 @@ def test_sigterm_of_one_of_two_workers_hands_its_jobs_back_at_once(cluster, repo
            note=f"it held {held} job(s): {handed} went back to the queue "
                 f"{(handed_at - sent_at).total_seconds():.2f} s after SIGTERM, the batch in flight finished "
                 f"by {done_s:.1f} s; exited after {exited_s:.1f} s, code {w1.process.returncode}")
-    assert handed > 0 and (handed_at - sent_at).total_seconds() < 1.0
+    # At once: on the signal, not after the batch in flight (about 0.1 s on a
+    # quiet machine; 2 s bounds a busy 2-core CI machine).
+    assert handed > 0 and (handed_at - sent_at).total_seconds() < 2.0
     assert w1.process.returncode == 0 and w1.entry() is None  # it left the registry
     assert outcome.lost == 0 and outcome.run_twice == 0 and outcome.failed == {}
     assert outcome.succeeded == JOBS and outcome.seconds_to_final <= 30

@@ -33,9 +33,26 @@ def flower_tasks(flower, job_ids, timeout=60.0) -> dict:
     raise AssertionError(f"Flower never showed {job_ids} finished: {[tasks.get(j) for j in job_ids]}")
 
 
+def wait_until_flower_listens(flower, api, timeout=60.0) -> None:
+    """Flower answers HTTP before it receives task events (they are not kept for late listeners):
+    send probe jobs until it has seen one run from start to end."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        probe = api.post("/jobs", json={"model_id": "minilm", "inputs": "a probe", "options": {"use_cache": False}})
+        assert probe.status_code == 202, probe.text
+        job_id = probe.json()["job_id"]
+        wait_for_status(api, job_id, {"succeeded"})
+        time.sleep(1.0)
+        seen = flower.get("/api/tasks").get(job_id, {})
+        if seen.get("state") == "SUCCESS" and seen.get("received"):
+            return
+    raise AssertionError("Flower never received a whole job's events")
+
+
 def test_a_jobs_text_reaches_no_log_and_not_flower(api, worker, webapp, flower, redis_url):
     """A unique sentence through /predict and /jobs (succeeding) and a Celery client (failing validation
     in the worker): absent from both logs and from Flower, where each job is listed with a summary."""
+    wait_until_flower_listens(flower, api)
     secret = f"Quartermaster Ilse hid the ledger under plank {uuid.uuid4().hex}."
     predicted = api.post("/predict", json={"model_id": "minilm", "inputs": [secret]})
     assert predicted.status_code == 200, predicted.text
