@@ -22,7 +22,11 @@ threads = int(os.environ.get("WEB_THREADS", "64"))
 timeout = 360
 graceful_timeout = 30
 keepalive = 5
+# The app logs one access line per request itself (webapp/accesslog.py, with
+# the route, request id and job id); WEB_ACCESS_LOG adds gunicorn's own.
 accesslog = os.environ.get("WEB_ACCESS_LOG") or None
+# gunicorn's own lines in LOG_FORMAT (json: one object per line, like the app's).
+logger_class = "webapp.gunicorn_logger.ContextLogger"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
 # Prometheus: every worker process writes its counters to files here and

@@ -32,9 +32,14 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def printable_id(value) -> str | None:
+    """`value` when it is an id safe to carry and log (1-128 printable ASCII characters), else None."""
+    return value if isinstance(value, str) and _REQUEST_ID.fullmatch(value) else None
+
+
 def valid_request_id(value) -> str | None:
     """`value` when it is a request id we may carry and log, else None."""
-    return value if isinstance(value, str) and _REQUEST_ID.fullmatch(value) else None
+    return printable_id(value)
 
 
 def valid_traceparent(value) -> str | None:

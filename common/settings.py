@@ -132,6 +132,9 @@ _RATE_RE = re.compile(r"\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|y
 _TOKEN_RE = re.compile(r"[!-+\--~]+")
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# text: one readable line per record, for a person at a terminal; json: one JSON
+# object per line, for a log pipeline (common/logcontext.py).
+LOG_FORMATS = ("text", "json")
 _DEVICE_RE = re.compile(r"auto|cpu|cuda|cuda:\d+")  # use fullmatch
 MODEL_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # use fullmatch
 
@@ -175,6 +178,7 @@ class Settings:
     admin_token: str = field(default="", repr=False)
     rate_limit: str = ""  # "" = no rate limit
     log_level: str = "INFO"
+    log_format: str = "text"
 
     def __post_init__(self):
         if not self.broker_url:
@@ -317,6 +321,13 @@ def _log_level(name: str, raw: str) -> str:
     return value
 
 
+def _log_format(name: str, raw: str) -> str:
+    value = raw.lower()
+    if value not in LOG_FORMATS:
+        raise SettingsError(f"{name} must be one of {', '.join(LOG_FORMATS)}, got {raw!r}")
+    return value
+
+
 _PARSERS = {
     "redis_url": _str,
     "broker_url": _str,
@@ -352,6 +363,7 @@ _PARSERS = {
     "admin_token": _token,
     "rate_limit": _rate_limit,
     "log_level": _log_level,
+    "log_format": _log_format,
 }
 
 _settings: Settings | None = None

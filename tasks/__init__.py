@@ -11,6 +11,7 @@ import sys
 
 from celery import Celery, signals
 
+from common import logcontext
 from common.connections import verify_access
 from common.errors import SettingsError
 from common.settings import get_settings
@@ -42,5 +43,49 @@ def _refuse_bad_credentials(**_):
     except SettingsError as exc:
         print(f"tasks: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _log_in_log_format(logger, **_):
+    """Celery's log handlers (root and task logger) carry the ids and write LOG_FORMAT.
+
+    `text` keeps Celery's line and adds the ids after the message; `json`
+    makes every line a JSON object (common/logcontext.py).
+    """
+    for handler in logger.handlers:
+        logcontext.prepare(handler, get_settings().log_format)
+
+
+@signals.celeryd_init.connect
+def _name_the_worker(sender, instance, **_):
+    """Every line of this worker names it; with LOG_FORMAT=json every line is JSON from the start.
+
+    Until Celery sets up its logging (its handlers are then made JSON by
+    `_log_in_log_format`), a JSON handler takes what is logged and warned
+    (Celery's superuser warning comes first); the banner is not JSON, so
+    it is left out.
+    """
+    logcontext.set_process_fields(worker=str(sender))
+    settings = get_settings()
+    if settings.log_format == "json":
+        instance.quiet = True
+        logcontext.configure_root(settings.log_format, settings.log_level)
+
+
+@signals.worker_ready.connect
+def _no_shutdown_banner_in_json(sender, **_):
+    """With LOG_FORMAT=json, SIGTERM/SIGQUIT without Celery's "worker: Warm shutdown" line.
+
+    Celery writes it straight to stdout from the signal handler, past the
+    logging, so it cannot be JSON; the handlers are installed again
+    without it (everything else they do is the same).
+    """
+    if get_settings().log_format == "json":
+        from celery.apps import worker as celery_worker
+
+        celery_worker.install_worker_term_handler(sender.controller, verbose=False)
+        celery_worker.install_worker_term_hard_handler(sender.controller, verbose=False)
+
 
 __all__ = ["app"]

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 
-from common import failpoints
+from common import failpoints, logcontext
 from common.budget import items_per_batch
 from common.cache import cache_key
 from common.errors import DeadlineExceeded, InferenceFailed, ServiceError, WorkerLost
@@ -362,22 +362,28 @@ class Batcher(LaneChanges):
                 # The exception's class only: its message may quote the input. A 424
                 # carries no Python exception text.
                 log.warning("model %s failed on an item of job %s: %s", lane.model.model_id, item.job.id,
-                            type(exc).__name__)
+                            type(exc).__name__, extra=logcontext.job_fields(item.job))
                 exc = InferenceFailed(f"the model failed on inputs[{item.index}]; see the worker's log")
             for job, _ in targets_of(item):
                 job.fail(exc)
 
         longest = max(it.length for it in batch)
-        log.debug("batch: %s, %d items, longest %d tokens, %d padded tokens",
-                  lane.model.model_id, len(batch), longest, longest * len(batch))
+        jobs = list(dict.fromkeys(j for it in batch for j in it.jobs()))
+        fields = logcontext.batch_fields(jobs, lane.model.model_id, len(batch))
         started = time.perf_counter()
-        passes = run_isolating(batch, run, on_outputs, on_error)
+        with logcontext.bound(**fields):  # what the model logs meanwhile names the batch's jobs
+            passes = run_isolating(batch, run, on_outputs, on_error)
         elapsed = time.perf_counter() - started
+        tokens, padded = sum(it.length for it in batch), longest * len(batch)
+        log.info("batch of %d item(s), %d job(s) of %s: %d tokens, %d padded, forward %.1f ms%s",
+                 len(batch), len(jobs), lane.model.model_id, tokens, padded, elapsed * 1000,
+                 f" in {passes} passes (an item failed)" if passes > 1 else "",
+                 extra={**fields, "tokens": tokens, "padded_tokens": padded,
+                        "forward_ms": round(elapsed * 1000, 2), "passes": passes})
         lane.last_used = time.time()
         self._share.charge(lane, elapsed)
         if passes == 1:
             lane.cost.observe(len(batch), longest, elapsed)
-        jobs = list(dict.fromkeys(j for it in batch for j in it.jobs()))
         for job in jobs:
             job.forward_s += elapsed
             job.largest_batch = max(job.largest_batch, len(batch))
@@ -413,10 +419,11 @@ class Batcher(LaneChanges):
                     f"the worker running this job died each of the {self.reporter.max_deliveries} times it "
                     "ran it (MAX_DELIVERIES); it is not run again"))
                 log.error("job %s: its worker died each of the %d times it ran it; failed as worker_lost",
-                          job.id, self.reporter.max_deliveries)
+                          job.id, self.reporter.max_deliveries, extra=logcontext.job_fields(job))
             elif verdict == RUN_ALONE:
                 job.alone = True
-                log.warning("job %s was running when a worker died; it runs alone now", job.id)
+                log.warning("job %s was running when a worker died; it runs alone now", job.id,
+                            extra=logcontext.job_fields(job))
             if job.done:
                 ended.append(job)
         if ended:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from common import logcontext
 from common.errors import InferenceFailed, ServiceError
 from tasks.jobs import Job
 from tasks.lanes import Lane, calibrate
@@ -114,7 +115,7 @@ class LaneChanges:
                 if not isinstance(exc, ServiceError):
                     # The exception's text stays in this log; the client gets a plain sentence.
                     log.warning("job %s: the new version of %s cannot encode its inputs: %s: %s",
-                                job.id, job.model_id, type(exc).__name__, exc)
+                                job.id, job.model_id, type(exc).__name__, exc, extra=logcontext.job_fields(job))
                     exc = InferenceFailed("the new version of the model cannot encode the inputs")
                 job.fail(exc)
                 failed.append(job)

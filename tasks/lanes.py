@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
+from common import logcontext
 from common.budget import check_encoded_budget, check_request_budget
 from common.errors import InferenceFailed, ServiceError
 from common.params import validate_parameters
@@ -102,7 +103,8 @@ def encode(model, job: Job, settings) -> list:
         job.fail(exc)
     except Exception as exc:  # noqa: BLE001 - a tokenizer crash fails only this job
         # The exception's text stays in this log; the client gets a plain sentence.
-        log.warning("job %s: %s cannot encode its inputs: %s: %s", job.id, job.model_id, type(exc).__name__, exc)
+        log.warning("job %s: %s cannot encode its inputs: %s: %s", job.id, job.model_id, type(exc).__name__, exc,
+                    extra=logcontext.job_fields(job))
         job.fail(InferenceFailed("the model's tokenizer cannot encode the inputs"))
     return []
 

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 import orjson
 import redis
 
-from common import lua, protocol
+from common import logcontext, lua, protocol
 from common.deliveries import deliveries_key
 from common.errors import ServiceError
 from tasks.jobs import Job
@@ -224,7 +224,7 @@ class Reporter:
                 job.skipped = True
                 late += 1
                 log.warning("job %s: a result was stored for it already (by a worker that took it over); "
-                            "this late one is dropped", job.id)
+                            "this late one is dropped", job.id, extra=logcontext.job_fields(job))
         if late:  # counted for operators (and the fault suite): work done twice
             self._retrying(lambda: self.redis.hincrby(protocol.batch_stats_key(model_id), "late_results", late))
         if later:

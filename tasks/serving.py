@@ -22,10 +22,11 @@ import orjson
 import redis
 from celery import bootsteps, signals
 
-from common import envelope, failpoints, protocol
+from common import envelope, failpoints, logcontext, protocol
 from common.deliveries import Reaper
 from common.errors import ModelNotFound
 from common.protocol import LOADED, model_for_queue, queue_for
+from common.requestid import REQUEST_ID_KEY, printable_id, valid_request_id
 from common.settings import get_settings
 from model_store.devices import detect_device
 from model_store.registry import ModelRegistry
@@ -163,7 +164,16 @@ class ModelServing(bootsteps.StartStopStep):
         self.take(envelope.Envelope.from_kombu(message), queue, tag=message)
 
     def take(self, message: envelope.Envelope, queue: str, tag, holder: str | None = None) -> None:
-        """Read a message as a job and hand it to its model's batcher; refuse it if it is none."""
+        """Read a message as a job and hand it to its model's batcher; refuse it if it is none.
+
+        Every line logged meanwhile, and the traceback of anything that
+        escapes (Celery's "Unrecoverable error"), names the job.
+        """
+        with logcontext.bound(job_id=printable_id(message.job_id), model_id=model_for_queue(queue) or None,
+                              request_id=valid_request_id(message.headers.get(REQUEST_ID_KEY))):
+            self._take(message, queue, tag, holder)
+
+    def _take(self, message: envelope.Envelope, queue: str, tag, holder: str | None) -> None:
         try:
             job = job_from_envelope(message, source=self.source, tag=tag, holder=holder)
         except InvalidJob as exc:
@@ -182,13 +192,15 @@ class ModelServing(bootsteps.StartStopStep):
             return
         expected = model_for_queue(queue)
         if expected and expected != job.model_id:
-            log.error("job %s names model %s but came on queue %s; failed", job.id, job.model_id, queue)
+            log.error("job %s names model %s but came on queue %s; failed", job.id, job.model_id, queue,
+                      extra=logcontext.job_fields(job))
             job.fail(invalid_job_error(InvalidJob(job.id, f"the job names model {job.model_id!r} but was sent to "
                                                           f"queue {queue!r}")))
             self.reporter.finish("", [job])
             return
         # Its model is being unloaded here: back to the queue for a worker that has it.
-        log.info("job %s is for %s, which this worker no longer serves; handed back", job.id, job.model_id)
+        log.info("job %s is for %s, which this worker no longer serves; handed back", job.id, job.model_id,
+                 extra=logcontext.job_fields(job))
         self.source.hand_back([job])
 
     def dead_letter(self, queue: str, job_id: str | None, reason: str, raw: bytes) -> None:

@@ -24,6 +24,7 @@ from collections import deque
 
 import redis
 
+from common import logcontext
 from common.deliveries import Deliveries, lists_of, new_holder
 from common.protocol import queue_for
 
@@ -346,9 +347,10 @@ class KombuSource:
             except errors as exc:
                 # The connection that delivered it is gone: the broker has
                 # given the message back already.
-                log.info("job %s: its delivery ended with the connection (%s)", job.id, exc)
+                log.info("job %s: its delivery ended with the connection (%s)", job.id, exc,
+                         extra=logcontext.job_fields(job))
             except Exception:  # noqa: BLE001 - one message must not stop the others
-                log.exception("job %s: could not finish its delivery", job.id)
+                log.exception("job %s: could not finish its delivery", job.id, extra=logcontext.job_fields(job))
 
     def _on_consumer(self, fn) -> None:
         """Run `fn` on the consumer thread and wait for it."""

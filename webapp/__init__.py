@@ -8,12 +8,12 @@ queues and waits for their results. It never imports torch or transformers.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from flask import Flask
 from flask.globals import request_ctx
 
+from common import logcontext
 from common.connections import verify_access
 from common.errors import SettingsError
 from common.settings import Settings, get_settings
@@ -60,12 +60,13 @@ def create_app(test_config: dict | None = None) -> Flask:
     from webapp.jsonio import OrjsonProvider
 
     app.json = OrjsonProvider(app)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logcontext.configure_root(settings.log_format, settings.log_level)
 
-    from webapp import auth, errors, metrics, ratelimit, requestids, services
+    from webapp import accesslog, auth, errors, metrics, ratelimit, requestids, services
     from webapp.views import admin, docs, health, inventory, predict
 
     requestids.init_app(app)  # first: every later hook and every log line may use the ids
+    accesslog.init_app(app)
     services.init_app(app, settings)
     errors.init_app(app)
     metrics.init_app(app)

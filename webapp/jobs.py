@@ -138,7 +138,7 @@ class JobService:
             self.publisher.publish(job_id, model_id, kwargs, self.listener.channel, record, expires,
                                    headers=message_headers(request_id, traceparent))
         except _REDIS_ERRORS + (KombuError, OperationalError) as exc:
-            log.warning("job %s: cannot queue it: %s", job_id, exc)
+            log.warning("job %s: cannot queue it: %s", job_id, exc, extra={"job_id": job_id})
             error = BrokerUnavailable("cannot queue the job: the broker is unreachable")
             if waiter is not None:
                 self._forget(waiter)

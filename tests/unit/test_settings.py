@@ -21,13 +21,13 @@ def test_values_are_parsed_to_their_types():
     """Every variable becomes a typed field."""
     s = Settings.from_env({
         "MODEL_DIR": "/tmp/m", "PRELOAD_MODELS": "minilm, other", "WORKER_DEVICE": "CUDA:1",
-        "MAX_BATCH_SIZE": "8", "MAX_WAIT_MS": "2.5", "LOG_LEVEL": "debug",
+        "MAX_BATCH_SIZE": "8", "MAX_WAIT_MS": "2.5", "LOG_LEVEL": "debug", "LOG_FORMAT": "JSON",
         "BROKER_URL": "amqp://guest:guest@localhost:5672//", "ADMIN_TOKEN": "s3cret",
     })
     assert s.model_dir == Path("/tmp/m")
     assert s.preload_models == ("minilm", "other")
     assert s.worker_device == "cuda:1"
-    assert (s.max_batch_size, s.max_wait_ms, s.log_level) == (8, 2.5, "DEBUG")
+    assert (s.max_batch_size, s.max_wait_ms, s.log_level, s.log_format) == (8, 2.5, "DEBUG", "json")
     assert s.broker_url.startswith("amqp://")
     assert s.admin_token == "s3cret"
 
@@ -39,6 +39,7 @@ def test_values_are_parsed_to_their_types():
     ("WORKER_DEVICE", "gpu"),
     ("PRELOAD_MODELS", "../etc"),
     ("LOG_LEVEL", "LOUD"),
+    ("LOG_FORMAT", "xml"),
     ("REDIS_URL", "http://localhost"),
     ("RESULT_BACKEND", "amqp://localhost"),
     ("RESULT_TTL", "0"),

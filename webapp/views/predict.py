@@ -7,8 +7,10 @@ import time
 import orjson
 from flask import Blueprint, jsonify, url_for
 
+from common import logcontext
 from common.budget import check_request_budget
 from common.params import validate_item, validate_parameters
+from common.requestid import printable_id
 from model_store.store import default_parameters
 from webapp.body import read_body
 from webapp.jobs import outcome
@@ -57,6 +59,7 @@ def _accept() -> Accepted:
     svc = services()
     settings = svc.settings
     req = parse_predict(parse_json(read_body()), settings)
+    logcontext.bind(model_id=req.model_id)  # until the request ends (webapp/accesslog.py)
     info = svc.catalog.describe(req.model_id)
     task = svc.task_of(req.model_id, info)
     defaults = default_parameters(info, task)
@@ -87,6 +90,7 @@ def _submit(acc: Accepted, wait: bool):
         req.model_id, req.items, req.is_list, acc.params, wait=wait, timeout=req.timeout, use_cache=req.use_cache,
         prefilled=acc.prefilled(), coalesce=acc.coalescing_key() if wait else None,
         request_id=request_id(), traceparent=traceparent())
+    logcontext.bind(job_id=job[0])
     JOBS.labels(req.model_id).inc()
     return job
 
@@ -138,6 +142,7 @@ def create_job():
     if acc.all_cached:
         result = orjson.loads(orjson.dumps(acc.cached_result()))
         job_id = services().jobs.store_completed(acc.req.model_id, result, request_id(), traceparent())
+        logcontext.bind(job_id=job_id)
         return _accepted(job_id, status="succeeded")
     job_id, _ = _submit(acc, wait=False)
     return _accepted(job_id)
@@ -146,10 +151,12 @@ def create_job():
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
     """A job's status, with its result or error once finished."""
+    logcontext.bind(job_id=printable_id(job_id))  # the client's text: logged only if printable
     return jsonify(services().jobs.status(job_id))
 
 
 @bp.delete("/jobs/<job_id>")
 def cancel_job(job_id: str):
     """Cancel a job that has not started running."""
+    logcontext.bind(job_id=printable_id(job_id))
     return jsonify(services().jobs.cancel(job_id))

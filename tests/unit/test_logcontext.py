@@ -1,0 +1,87 @@
+"""The ids on log lines: bound per request or job, written as text or JSON, kept on escaping errors."""
+
+import io
+import json
+import logging
+
+import pytest
+from flask import request
+from kombu import Connection
+
+from common import logcontext
+from common.settings import Settings
+from webapp import create_app
+
+
+@pytest.fixture
+def lines():
+    """A handler prepared as the services prepare theirs (JSON), on the root logger; yields its lines."""
+    stream = io.StringIO()
+    handler = logcontext.prepare(logging.StreamHandler(stream), "json")
+    root = logging.getLogger()
+    root.addHandler(handler)
+    before = root.level
+    root.setLevel(logging.INFO)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    root.removeHandler(handler)
+    root.setLevel(before)
+
+
+def test_bound_ids_reach_every_logger_and_extra_wins(lines):
+    log = logging.getLogger("any.library")
+    with logcontext.bound(job_id="j1", request_id="r1", model_id=None):
+        log.info("inside")
+        log.info("explicit", extra={"job_id": "j2"})
+    log.info("outside")
+    inside, explicit, outside = lines()
+    assert (inside["job_id"], inside["request_id"], inside["msg"], inside["logger"]) == ("j1", "r1", "inside",
+                                                                                        "any.library")
+    assert "model_id" not in inside and explicit["job_id"] == "j2"
+    assert "job_id" not in outside and {"ts", "level"} <= set(outside)
+
+
+def test_a_traceback_logged_outside_the_block_still_names_the_job(lines):
+    """Celery's "Unrecoverable error" is logged by Celery, after the job's block was left."""
+    try:
+        with logcontext.bound(job_id="j-crash", request_id="r-crash"):
+            raise RuntimeError("boom")
+    except RuntimeError as exc:
+        logging.getLogger("celery.worker.worker").critical("Unrecoverable error: %r", exc, exc_info=True)
+    (line,) = lines()
+    assert (line["job_id"], line["request_id"], line["level"]) == ("j-crash", "r-crash", "CRITICAL")
+    assert "RuntimeError" in line["exc_info"]
+
+
+def test_kombus_requeuing_line_names_the_message_job(lines):
+    """kombu's own warning about a message for a queue nobody consumes names its job and request."""
+    with Connection("memory://") as conn:
+        channel = conn.default_channel
+        message = channel.prepare_message("{}", headers={"id": "j-requeue", "request_id": "r-requeue"})
+        message["properties"].update(delivery_info={"exchange": "", "routing_key": "nobody"}, delivery_tag="t1")
+        conn.transport._deliver(message, "nobody")  # what the Redis transport calls per fetched message
+    requeuing = [r for r in lines() if r["msg"].startswith("Requeuing undeliverable message")]
+    assert requeuing and (requeuing[0]["job_id"], requeuing[0]["request_id"]) == ("j-requeue", "r-requeue")
+
+
+def test_text_format_appends_the_ids_to_the_usual_line():
+    record = logging.LogRecord("tasks.batcher", logging.INFO, __file__, 1, "batch of %d", (2,), None)
+    record.__dict__.update(model_id="minilm", job_ids=["a", "b"], request_ids=["r"], worker="w@h")
+    text = logcontext.TextFormatter(logging.Formatter("%(levelname)s %(message)s")).format(record)
+    assert text == "INFO batch of 2 [model=minilm jobs=a,b reqs=r]"
+
+
+def test_the_webapps_unhandled_error_names_the_request(tmp_path, lines):
+    """The traceback line of an unexpected error carries the request's id (and no exception text)."""
+    app = create_app({"SETTINGS": Settings(redis_url="redis://127.0.0.1:1/0", model_dir=tmp_path)})
+
+    @app.get("/explode")
+    def explode():
+        raise ValueError(request.args["text"])
+
+    response = app.test_client().get("/explode?text=secret+input+text", headers={"X-Request-Id": "req-500"})
+    assert response.status_code == 500 and response.headers["X-Request-Id"] == "req-500"
+    records = lines()
+    error = next(r for r in records if r["logger"] == "webapp.errors")
+    assert error["request_id"] == "req-500" and "secret input text" not in json.dumps(records)
+    access = next(r for r in records if r["logger"] == "webapp.access")
+    assert (access["status"], access["route"], access["request_id"]) == (500, "/explode", "req-500")
