@@ -375,8 +375,8 @@ class Batcher(LaneChanges):
             passes = run_isolating(batch, run, on_outputs, on_error)
         elapsed = time.perf_counter() - started
         tokens, padded = sum(it.length for it in batch), longest * len(batch)
-        log.info("batch of %d item(s), %d job(s) of %s: %d tokens, %d padded, forward %.1f ms%s",
-                 len(batch), len(jobs), lane.model.model_id, tokens, padded, elapsed * 1000,
+        log.info("batch: %s, %d items, longest %d tokens, %d padded tokens (%d real), %d job(s), forward %.1f ms%s",
+                 lane.model.model_id, len(batch), longest, padded, tokens, len(jobs), elapsed * 1000,
                  f" in {passes} passes (an item failed)" if passes > 1 else "",
                  extra={**fields, "tokens": tokens, "padded_tokens": padded,
                         "forward_ms": round(elapsed * 1000, 2), "passes": passes})

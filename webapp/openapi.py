@@ -257,8 +257,8 @@ def add_security(settings: Settings, doc: dict) -> dict:
 
 
 _REQUEST_ID_PARAMETERS = [
-    {"name": "X-Request-Id", "in": "header", "required": False,
-     "schema": {"type": "string", "minLength": 1, "maxLength": MAX_REQUEST_ID_CHARS},
+    # Any value is accepted (one that fails the check is replaced, not refused): no constraint in the schema.
+    {"name": "X-Request-Id", "in": "header", "required": False, "schema": {"type": "string"},
      "description": "the request's id, echoed on the response and kept with its job and on its log lines; "
                     f"printable ASCII, at most {MAX_REQUEST_ID_CHARS} characters, no space at either end "
                     "(anything else is replaced by a generated id)"},

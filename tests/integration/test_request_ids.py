@@ -132,5 +132,5 @@ def test_text_logs_show_the_ids_on_the_access_and_batch_lines(api, webapp, worke
     access = wait_for_line(webapp.log_path, lambda line: "webapp.access" in line and f"job={job_id}" in line,
                            text_lines)
     assert "POST /jobs 202 " in access and f"req={request_id}" in access and "model=minilm" in access
-    batch = wait_for_line(worker.log_path, lambda line: "batch of" in line and job_id in line, text_lines)
+    batch = wait_for_line(worker.log_path, lambda line: "batch: minilm," in line and job_id in line, text_lines)
     assert "INFO/MainProcess" in batch and request_id in batch and "model=minilm" in batch
