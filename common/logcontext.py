@@ -134,7 +134,7 @@ _KOMBU_REQUEUING = "Requeuing undeliverable message"
 def _kombu_fields(record: logging.LogRecord) -> dict:
     """The job id of the message behind kombu's "Requeuing undeliverable message".
 
-    kombu logs it from `Channel._deliver(message, queue)` with the queue
+    kombu logs it from its virtual `Transport._deliver(message, queue)` with the queue
     only; the message is a local of that frame, which logs synchronously
     through this filter, so its headers are read from there.
     """
@@ -147,7 +147,8 @@ def _kombu_fields(record: logging.LogRecord) -> dict:
             return {}
         if frame.f_code.co_name == "_deliver" and isinstance(frame.f_locals.get("message"), dict):
             headers = frame.f_locals["message"].get("headers") or {}
-            return _known({"job_id": headers.get("id"), "request_id": headers.get("request_id")})
+            return _known({"job_id": printable_id(headers.get("id")),
+                           "request_id": printable_id(headers.get("request_id"))})
         frame = frame.f_back
     return {}
 

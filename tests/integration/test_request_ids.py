@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 
 import pytest
 import requests
 
-from tests.helpers import SENTENCES, Webapp, Worker, service_env, wait_for_status
+from tests.helpers import PYTHON, ROOT, SENTENCES, Webapp, Worker, service_env, wait_for_status
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 MODEL = "minilm-c"  # a model id of its own: no other worker of the session takes these jobs
@@ -134,3 +135,13 @@ def test_text_logs_show_the_ids_on_the_access_and_batch_lines(api, webapp, worke
     assert "POST /jobs 202 " in access and f"req={request_id}" in access and "model=minilm" in access
     batch = wait_for_line(worker.log_path, lambda line: "batch: minilm," in line and job_id in line, text_lines)
     assert "INFO/MainProcess" in batch and request_id in batch and "model=minilm" in batch
+
+
+@pytest.mark.parametrize("command", [["-m", "gunicorn", "webapp:create_app()", "--bind", "127.0.0.1:0"],
+                                     ["-m", "celery", "-A", "tasks", "worker", "-n", "badlog@test"]])
+def test_an_unknown_log_format_stops_the_start(redis_url, tmp_path, command):
+    """LOG_FORMAT=xml: the webapp and the worker exit at once with status 2, naming the variable."""
+    env = service_env(redis_url, tmp_path, log_format="xml")
+    out = subprocess.run([PYTHON, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "bad setting: LOG_FORMAT must be one of text, json, got 'xml'" in out.stderr
