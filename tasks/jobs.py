@@ -52,6 +52,7 @@ class Job:
     use_cache: bool = True  # write the outputs to the response cache
     prefilled: dict = field(default_factory=dict)  # index -> output the webapp had cached
     cache_keys: list = field(default_factory=list)  # per input, once the worker knows the model
+    trace_parent: object = None  # tracing on: the context its batch spans go under (tasks/tracing.py)
 
     def __post_init__(self):
         self.params_key = json.dumps(self.params, sort_keys=True)
