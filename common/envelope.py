@@ -50,8 +50,12 @@ class Envelope:
 
 
 def write(job_id: str, queue: str, kwargs: dict, reply_to: str, origin: str, expires: str | None = None,
-          kwargsrepr: str = "{}") -> bytes:
-    """The message exactly as kombu's Redis transport stores it."""
+          kwargsrepr: str = "{}", extra_headers: dict | None = None) -> bytes:
+    """The message exactly as kombu's Redis transport stores it.
+
+    `extra_headers` are added to Celery's task headers, as `send_task(headers=...)` adds them
+    (the job's request id and traceparent: common/requestid.py).
+    """
     body = orjson.dumps([[], kwargs, _EMBED])
     return orjson.dumps({
         "body": base64.b64encode(body).decode(),
@@ -63,6 +67,7 @@ def write(job_id: str, queue: str, kwargs: dict, reply_to: str, origin: str, exp
             "timelimit": [None, None], "root_id": job_id, "parent_id": None,
             "argsrepr": "()", "kwargsrepr": kwargsrepr, "origin": origin,
             "ignore_result": True, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
+            **(extra_headers or {}),
         },
         "properties": {
             "correlation_id": job_id, "reply_to": reply_to, "delivery_mode": 2,

@@ -13,6 +13,7 @@ from common.cache import cache_key
 from common.envelope import Envelope
 from common.errors import ServiceError, ValidationFailed
 from common.protocol import INFER_TASK
+from common.requestid import REQUEST_ID_KEY, TRACEPARENT_KEY, valid_request_id, valid_traceparent
 
 
 class InvalidJob(Exception):
@@ -52,6 +53,9 @@ class Job:
     use_cache: bool = True  # write the outputs to the response cache
     prefilled: dict = field(default_factory=dict)  # index -> output the webapp had cached
     cache_keys: list = field(default_factory=list)  # per input, once the worker knows the model
+    # From the message's headers (common/requestid.py); None from a client that sent none.
+    request_id: str | None = None
+    traceparent: str | None = None
     trace_parent: object = None  # tracing on: the context its batch spans go under (tasks/tracing.py)
 
     def __post_init__(self):
@@ -199,7 +203,8 @@ def _read(message: Envelope, job_id: str | None, extra: dict) -> Job:
             raise InvalidJob(job_id, f"expires is not an ISO 8601 time: {headers['expires']!r}") from None
     return Job(id=job_id, model_id=model_id, inputs=inputs, params=params, is_list=is_list,
                reply_to=reply_to, message=message, expires_at=expires_at, use_cache=use_cache,
-               prefilled=prefilled, **extra)
+               prefilled=prefilled, request_id=valid_request_id(headers.get(REQUEST_ID_KEY)),
+               traceparent=valid_traceparent(headers.get(TRACEPARENT_KEY)), **extra)
 
 
 def invalid_job_error(exc: InvalidJob) -> ValidationFailed:

@@ -26,6 +26,7 @@ from common.errors import (
     ServiceError,
     UriTooLong,
 )
+from common.requestid import REQUEST_ID_HEADER, new_request_id, valid_request_id
 
 # Client text quoted back in a message is cut to this many characters.
 MAX_QUOTED_CHARS = 200
@@ -59,6 +60,14 @@ def error_for(exc: BaseException) -> ServiceError:
     return error
 
 
+def request_id_of(req) -> str:
+    """The request id of a request gunicorn could not parse: its own, if the header was read and valid."""
+    for name, value in getattr(req, "headers", None) or ():
+        if name.lower() == REQUEST_ID_HEADER.lower():
+            return valid_request_id(value) or new_request_id()
+    return new_request_id()
+
+
 class JsonThreadWorker(ThreadWorker):
     """gunicorn's gthread worker whose error answers are JSON."""
 
@@ -86,6 +95,7 @@ class JsonThreadWorker(ThreadWorker):
             except Exception:  # noqa: BLE001 - a log line must not cost the client its answer
                 self.log.debug("Failed to log the error answer.")
         head = (f"HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                f"{REQUEST_ID_HEADER}: {request_id_of(req)}\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
         try:
             util.write_nonblock(client, head + body)

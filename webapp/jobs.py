@@ -32,6 +32,7 @@ from common.errors import (
     ServiceError,
     error_from_stored,
 )
+from common.requestid import REQUEST_ID_KEY, message_headers
 from common.settings import Settings
 from webapp.cache import COALESCED
 from webapp.publisher import CeleryPublisher, RedisPublisher, make_publisher
@@ -84,7 +85,8 @@ class JobService:
 
     def submit(self, model_id: str, items, is_list: bool, parameters: dict, wait: bool,
                timeout: float | None = None, use_cache: bool = True, prefilled: dict | None = None,
-               coalesce: str | None = None) -> tuple[str, Waiter | None]:
+               coalesce: str | None = None, request_id: str | None = None,
+               traceparent: str | None = None) -> tuple[str, Waiter | None]:
         """Record and publish one job; return its id and, if `wait`, a waiter.
 
         With `timeout`, the job expires (Celery's `expires`) that many seconds
@@ -93,6 +95,8 @@ class JobService:
         carries them and computes only the rest. With `coalesce` (a key of
         the whole request) a waiting request identical to one in flight
         from this process joins that job instead of queueing another.
+        `request_id` and `traceparent` (checked: common/requestid.py) go on
+        the record and in the task message's headers.
         """
         self.ensure_reaper()
         self._check_queue_depth(model_id)
@@ -120,6 +124,7 @@ class JobService:
             "created_at": repr(time.time()),
             "items": len(items),
             "reply_to": self.listener.channel,
+            **message_headers(request_id, traceparent),  # the record's fields are named as the headers
         }
         kwargs = {"model_id": model_id, "inputs": list(items), "parameters": parameters, "is_list": is_list}
         if not use_cache:
@@ -130,7 +135,8 @@ class JobService:
             expires = None
             if timeout is not None:
                 expires = datetime.fromtimestamp(time.time() + timeout, timezone.utc).isoformat()
-            self.publisher.publish(job_id, model_id, kwargs, self.listener.channel, record, expires)
+            self.publisher.publish(job_id, model_id, kwargs, self.listener.channel, record, expires,
+                                   headers=message_headers(request_id, traceparent))
         except _REDIS_ERRORS + (KombuError, OperationalError) as exc:
             log.warning("job %s: cannot queue it: %s", job_id, exc)
             error = BrokerUnavailable("cannot queue the job: the broker is unreachable")
@@ -235,7 +241,8 @@ class JobService:
             except Exception as exc:  # noqa: BLE001 - the thread must survive; they keep RESULT_TTL, nothing lost
                 log.warning("could not shorten the TTL of %d delivered result(s): %s", len(job_ids), exc)
 
-    def store_completed(self, model_id: str, result) -> str:
+    def store_completed(self, model_id: str, result, request_id: str | None = None,
+                        traceparent: str | None = None) -> str:
         """A job answered wholly from the cache: recorded as succeeded, nothing queued."""
         job_id = str(uuid.uuid4())
         now = time.time()
@@ -245,7 +252,8 @@ class JobService:
             with self.results.pipeline(transaction=False) as pipe:
                 pipe.hset(protocol.job_key(job_id), mapping={
                     "model_id": model_id, "status": protocol.SUCCEEDED, "created_at": repr(now),
-                    "started_at": repr(now), "finished_at": repr(now), "cached": 1})
+                    "started_at": repr(now), "finished_at": repr(now), "cached": 1,
+                    **message_headers(request_id, traceparent)})
                 pipe.expire(protocol.job_key(job_id), self.settings.result_ttl)
                 pipe.setex(protocol.result_key(job_id), self.settings.result_ttl, meta)
                 pipe.execute()
@@ -282,6 +290,7 @@ class JobService:
             "model_id": record.get("model_id"),
             "status": record.get("status", protocol.QUEUED),
             "created_at": _iso(record.get("created_at")),
+            "request_id": record.get(REQUEST_ID_KEY),
         }
         for name in ("started_at", "finished_at"):
             if record.get(name):

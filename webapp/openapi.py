@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from common.params import TASK_ALIASES, TASK_PARAMS
+from common.requestid import MAX_REQUEST_ID_CHARS
 from common.settings import MAX_TIMEOUT_S, MAX_WAIT_S, MODEL_ID_RE, Settings
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -116,6 +117,8 @@ def build_openapi(settings: Settings) -> dict:
             "result": {"description": "the shape of inputs: one output, or a list in order"},
             "error": {"$ref": "#/components/schemas/ErrorBody"},
             "created_at": {"type": "string", "format": "date-time", "nullable": True},
+            "request_id": {"type": "string", "nullable": True,
+                           "description": "the X-Request-Id of the request that created the job"},
             "started_at": {"type": "string", "format": "date-time"},
             "finished_at": {"type": "string", "format": "date-time"},
         },
@@ -134,7 +137,7 @@ def build_openapi(settings: Settings) -> dict:
         "429": _error("the model's queue is full; see Retry-After"),
         "503": _error("no worker serves the model, or the broker is down"),
     }
-    return add_security(settings, {
+    return add_request_ids(add_security(settings, {
         "openapi": "3.0.3",
         "info": {
             "title": "Async Transformer Framework",
@@ -208,7 +211,7 @@ def build_openapi(settings: Settings) -> dict:
             "Error": {"type": "object", "required": ["error"],
                       "properties": {"error": {"$ref": "#/components/schemas/ErrorBody"}}},
         }},
-    })
+    }))
 
 
 # Who may call what (webapp/auth.py, webapp/ratelimit.py), declared per operation so
@@ -250,4 +253,32 @@ def add_security(settings: Settings, doc: dict) -> dict:
                 limited["headers"] = {"Retry-After": {"schema": {"type": "integer"},
                                                       "description": "seconds to wait"}}
                 responses["429"] = limited
+    return doc
+
+
+_REQUEST_ID_PARAMETERS = [
+    {"name": "X-Request-Id", "in": "header", "required": False,
+     "schema": {"type": "string", "minLength": 1, "maxLength": MAX_REQUEST_ID_CHARS},
+     "description": "the request's id, echoed on the response and kept with its job and on its log lines; "
+                    f"printable ASCII, at most {MAX_REQUEST_ID_CHARS} characters, no space at either end "
+                    "(anything else is replaced by a generated id)"},
+    {"name": "traceparent", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "W3C Trace Context (00-<32 hex>-<16 hex>-<2 hex>), carried with the job to the worker; "
+                    "ignored when malformed"},
+]
+_REQUEST_ID_ECHO = {"schema": {"type": "string"},
+                    "description": "the request's X-Request-Id, or the id generated for it"}
+
+
+def add_request_ids(doc: dict) -> dict:
+    """Every operation takes X-Request-Id and traceparent, and every answer echoes X-Request-Id."""
+    for item in doc["paths"].values():
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            op["parameters"] = [*op.get("parameters", []), *_REQUEST_ID_PARAMETERS]
+            # New dicts: responses share the module's constants (_BODY_ERRORS, _LOCATION).
+            op["responses"] = {status: {**response, "headers": {**response.get("headers", {}),
+                                                                "X-Request-Id": _REQUEST_ID_ECHO}}
+                               for status, response in op["responses"].items()}
     return doc

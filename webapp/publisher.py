@@ -50,11 +50,15 @@ class RedisPublisher:
         self._origin = f"gen{os.getpid()}@{socket.gethostname()}"
 
     def publish(self, job_id: str, model_id: str, kwargs: dict, reply_to: str, record: dict,
-                expires: str | None = None) -> None:
-        """Record the job and queue its message (one round trip when they share a Redis)."""
+                expires: str | None = None, headers: dict | None = None) -> None:
+        """Record the job and queue its message (one round trip when they share a Redis).
+
+        `headers` go into the task message's headers (the request id and traceparent).
+        """
         queue = protocol.queue_for(model_id)
         message = envelope.write(job_id, queue, kwargs, reply_to, self._origin, expires,
-                                 kwargsrepr=protocol.arguments_summary(model_id, kwargs.get("inputs")))
+                                 kwargsrepr=protocol.arguments_summary(model_id, kwargs.get("inputs")),
+                                 extra_headers=headers)
         with self._results.pipeline(transaction=False) as pipe:
             _record_commands(pipe, job_id, record, self._ttl)
             if self.broker is self._results:
@@ -78,13 +82,13 @@ class CeleryPublisher:
         self._depth_conn = None
 
     def publish(self, job_id: str, model_id: str, kwargs: dict, reply_to: str, record: dict,
-                expires: str | None = None) -> None:
+                expires: str | None = None, headers: dict | None = None) -> None:
         with self._results.pipeline(transaction=False) as pipe:
             _record_commands(pipe, job_id, record, self._ttl)
             pipe.execute()
         self.celery.send_task(
             protocol.INFER_TASK, kwargs=kwargs, task_id=job_id, queue=protocol.queue_for(model_id),
-            reply_to=reply_to, expires=expires,
+            reply_to=reply_to, expires=expires, headers=headers or None,
             # Never the inputs: Celery would put repr(kwargs) in the message and Flower would show it.
             argsrepr="()", kwargsrepr=protocol.arguments_summary(model_id, kwargs.get("inputs")),
             # Results are always stored by our workers; this only stops

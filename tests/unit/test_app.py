@@ -165,3 +165,18 @@ def test_bad_setting_stops_the_webapp_naming_the_variable():
     out = subprocess.run([sys.executable, "-c", code], env={"MAX_BATCH_SIZE": "many", "PATH": ""},
                          capture_output=True, text=True)
     assert out.returncode == 2 and "MAX_BATCH_SIZE" in out.stderr
+
+
+def test_every_answer_echoes_the_request_id(model_dir):
+    """A valid X-Request-Id comes back on errors too (404, 415, 503); a bad or missing one is replaced."""
+    client = make_client(model_dir)
+    sent = {"X-Request-Id": "client id 7"}
+    assert client.get("/nowhere", headers=sent).headers["X-Request-Id"] == "client id 7"
+    assert client.post("/jobs", data=b"x", content_type="text/plain",
+                       headers=sent).headers["X-Request-Id"] == "client id 7"
+    assert client.post("/jobs", json={"model_id": "minilm", "inputs": "x"},
+                       headers=sent).headers["X-Request-Id"] == "client id 7"
+    for bad in ("x" * 129, "bad\x7fid"):
+        made = client.get("/nowhere", headers={"X-Request-Id": bad}).headers["X-Request-Id"]
+        assert made != bad and len(made) == 32
+    assert len(client.get("/nowhere").headers["X-Request-Id"]) == 32

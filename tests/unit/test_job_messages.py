@@ -101,3 +101,23 @@ def test_refused_job_reason_quotes_no_input():
     with pytest.raises(InvalidJob) as info:
         job_from_envelope(msg)
     assert secret not in str(info.value)
+
+
+def test_request_id_and_traceparent_travel_in_the_message_headers():
+    """The webapp's envelope carries both ids as task headers; the worker reads them onto the Job."""
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    raw = envelope.write("job-9", "infer.m", {"model_id": "m", "inputs": ["a"]}, "r", "origin",
+                         extra_headers={"request_id": "req-42", "traceparent": traceparent})
+    read = envelope.read(raw)
+    assert (read.headers["request_id"], read.headers["traceparent"]) == ("req-42", traceparent)
+    job = job_from_envelope(read)
+    assert (job.request_id, job.traceparent) == ("req-42", traceparent)
+
+
+def test_a_message_without_ids_or_with_bad_ones_still_runs():
+    """A plain Celery client sends no ids; ids that fail the checks are dropped, the job is kept."""
+    assert (job_from_envelope(message(args=("m", "t"))).request_id, None) == (None, None)
+    msg = message(args=("m", "t"))
+    msg.headers.update(request_id="bad\nid", traceparent="00-xyz")
+    job = job_from_envelope(msg)
+    assert (job.model_id, job.request_id, job.traceparent) == ("m", None, None)

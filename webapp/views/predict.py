@@ -13,6 +13,7 @@ from model_store.store import default_parameters
 from webapp.body import read_body
 from webapp.jobs import outcome
 from webapp.metrics import JOBS
+from webapp.requestids import request_id, traceparent
 from webapp.schemas import PredictRequest, parse_json, parse_predict
 from webapp.services import services
 
@@ -84,7 +85,8 @@ def _submit(acc: Accepted, wait: bool):
     req = acc.req
     job = services().jobs.submit(
         req.model_id, req.items, req.is_list, acc.params, wait=wait, timeout=req.timeout, use_cache=req.use_cache,
-        prefilled=acc.prefilled(), coalesce=acc.coalescing_key() if wait else None)
+        prefilled=acc.prefilled(), coalesce=acc.coalescing_key() if wait else None,
+        request_id=request_id(), traceparent=traceparent())
     JOBS.labels(req.model_id).inc()
     return job
 
@@ -135,7 +137,8 @@ def create_job():
     acc = _accept()
     if acc.all_cached:
         result = orjson.loads(orjson.dumps(acc.cached_result()))
-        return _accepted(services().jobs.store_completed(acc.req.model_id, result), status="succeeded")
+        job_id = services().jobs.store_completed(acc.req.model_id, result, request_id(), traceparent())
+        return _accepted(job_id, status="succeeded")
     job_id, _ = _submit(acc, wait=False)
     return _accepted(job_id)
 
