@@ -99,6 +99,11 @@ def _exporter(name: str):
     return OTLPSpanExporter()
 
 
+def enabled() -> bool:
+    """Whether this process traces (setup() installed a tracer)."""
+    return _tracer is not None
+
+
 def traceparent() -> str | None:
     """The W3C traceparent of the current span, or None when there is none (or tracing is off)."""
     if _tracer is None:

@@ -63,7 +63,7 @@ class BatchSpans:
         job_ids = [job.id for job in jobs]
         for job in jobs:
             if job.trace_parent is None:
-                job.trace_parent = self._queue_wait(job)
+                job.trace_parent = self._queue_wait(job, started_at)
             attributes = {
                 "atf.model_id": model_id, "atf.job_id": job.id, "atf.batch.id": batch_id,
                 "atf.batch.size": batch_size, "atf.batch.job_ids": job_ids, "atf.worker": self._worker,
@@ -80,8 +80,8 @@ class BatchSpans:
             forward.end(end_time=_ns(forward_at + forward_s))
             batch.end(end_time=ended)
 
-    def _queue_wait(self, job: Job):
-        """Record the job's `queue wait`; the context its batch spans go under.
+    def _queue_wait(self, job: Job, batch_at: float):
+        """Record the job's `queue wait`, up to its first batch at `batch_at`; the context its batch spans go under.
 
         The wait starts when the webapp queued the job (its message says
         when) or, from a client that did not say, when this worker got it.
@@ -94,7 +94,7 @@ class BatchSpans:
         span = self._tracer.start_span("queue wait", context=parent, kind=SpanKind.CONSUMER,
                                        start_time=_ns(_enqueued_at(job)), attributes=attributes)
         span.add_event("received by the worker", timestamp=_ns(job.received_at))
-        span.end(end_time=_ns(job.started_at or job.received_at))
+        span.end(end_time=_ns(max(batch_at, job.received_at)))
         return parent if job.traceparent else trace.set_span_in_context(span)
 
 

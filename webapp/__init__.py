@@ -62,9 +62,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.json = OrjsonProvider(app)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from webapp import auth, errors, metrics, ratelimit, requestids, services
+    from webapp import auth, errors, metrics, ratelimit, requestids, services, tracing
     from webapp.views import admin, docs, health, inventory, predict
 
+    tracing.init_app(app)  # first: its span covers every later hook, and jobs read whether it is on
     requestids.init_app(app)  # first: every later hook and every log line may use the ids
     services.init_app(app, settings)
     errors.init_app(app)

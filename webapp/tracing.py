@@ -2,9 +2,10 @@
 
 The server span comes from the kept Flask instrumentation, which also
 continues the trace of an incoming `traceparent`. A job's message then
-carries this span's traceparent (not the client's), so the worker's spans
-hang under the request that queued the job, with the time it was queued
-(common/tracing.py). Off, none of this is installed.
+carries this span's traceparent instead of the client's
+(webapp/requestids.py), so the worker's spans hang under the request that
+queued the job, and the time it was queued (webapp/jobs.py). Off, none of
+this is installed.
 """
 
 from __future__ import annotations
@@ -34,10 +35,3 @@ def init_app(app: Flask) -> bool:
     FlaskInstrumentor().instrument_app(app, excluded_urls=excluded)
     return True
 
-
-def job_headers(enqueued_at: float) -> dict:
-    """The headers that put a job in the current request's trace (empty without a current span)."""
-    traceparent = tracing.traceparent()
-    if traceparent is None:
-        return {}
-    return {"traceparent": traceparent, tracing.ENQUEUED_AT_KEY: enqueued_at}
