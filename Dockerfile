@@ -15,6 +15,10 @@ WORKDIR /app
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 COPY requirements.txt .
 RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" -r requirements.txt
+# OpenTelemetry tracing (README, "Tracing"): --build-arg WITH_OTEL=1; off by default.
+ARG WITH_OTEL=0
+COPY requirements-otel.txt .
+RUN if [ "${WITH_OTEL}" = 1 ]; then pip install --no-cache-dir -r requirements-otel.txt; fi
 
 # Every role runs as an unprivileged user that owns only the models and its data.
 RUN useradd --create-home --uid 10001 --user-group app \

@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 class Batcher(LaneChanges):
     """Runs the batches of every model a worker serves, on one device thread."""
 
-    def __init__(self, settings, reporter, holder=lambda: "", on_room=lambda: None):
+    def __init__(self, settings, reporter, holder=lambda: "", on_room=lambda: None, spans=None):
         self.reporter = reporter
+        self._spans = spans  # tasks.tracing.BatchSpans when tracing is on, else None
         self.max_items = settings.max_batch_size
         self.max_tokens = settings.max_batch_tokens
         self.max_wait_s = settings.max_wait_ms / 1000.0
@@ -325,6 +326,7 @@ class Batcher(LaneChanges):
         return True
 
     def _run(self, lane: Lane, batch: list[Item]) -> None:
+        started_at = time.time()
         batch = self._start(lane, batch)
         if not batch:
             return
@@ -370,7 +372,7 @@ class Batcher(LaneChanges):
         longest = max(it.length for it in batch)
         jobs = list(dict.fromkeys(j for it in batch for j in it.jobs()))
         fields = logcontext.batch_fields(jobs, lane.model.model_id, len(batch))
-        started = time.perf_counter()
+        forward_at, started = time.time(), time.perf_counter()
         with logcontext.bound(**fields):  # what the model logs meanwhile names the batch's jobs
             passes = run_isolating(batch, run, on_outputs, on_error)
         elapsed = time.perf_counter() - started
@@ -384,6 +386,8 @@ class Batcher(LaneChanges):
         self._share.charge(lane, elapsed)
         if passes == 1:
             lane.cost.observe(len(batch), longest, elapsed)
+        if self._spans is not None:
+            self._spans.batch_ran(lane.model.model_id, jobs, len(batch), started_at, forward_at, elapsed, passes)
         for job in jobs:
             job.forward_s += elapsed
             job.largest_batch = max(job.largest_batch, len(batch))

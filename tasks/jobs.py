@@ -56,6 +56,7 @@ class Job:
     # From the message's headers (common/requestid.py); None from a client that sent none.
     request_id: str | None = None
     traceparent: str | None = None
+    trace_parent: object = None  # tracing on: the context its batch spans go under (tasks/tracing.py)
 
     def __post_init__(self):
         self.params_key = json.dumps(self.params, sort_keys=True)

@@ -22,7 +22,7 @@ import orjson
 import redis
 from celery import bootsteps, signals
 
-from common import envelope, failpoints, logcontext, protocol
+from common import envelope, failpoints, logcontext, protocol, tracing
 from common.deliveries import Reaper
 from common.errors import ModelNotFound
 from common.protocol import LOADED, model_for_queue, queue_for
@@ -44,6 +44,16 @@ RECONCILE_EVERY = 3
 DEAD_LETTER_BYTES = 65_536
 
 log = logging.getLogger(__name__)
+
+
+def _batch_spans(worker: str):
+    """The worker's span recorder when tracing is configured (common/tracing.py), else None."""
+    tracer = tracing.setup("atf-worker")
+    if tracer is None:
+        return None
+    from tasks.tracing import BatchSpans
+
+    return BatchSpans(tracer, worker)
 
 
 class ModelServing(bootsteps.StartStopStep):
@@ -77,7 +87,8 @@ class ModelServing(bootsteps.StartStopStep):
             self.registry = ModelRegistry(ModelStore(settings.model_dir), self.device)
             self.source = make_source(settings, c, self.take_delivery, lambda model_id: self.batcher.room(model_id))
             self.reporter = Reporter(settings, c, self.source)
-            self.batcher = Batcher(settings, self.reporter, holder=self.holder, on_room=self.source.wake).start()
+            self.batcher = Batcher(settings, self.reporter, holder=self.holder, on_room=self.source.wake,
+                                   spans=_batch_spans(c.hostname)).start()
             self.manager = ModelManager(self).start()
             if isinstance(self.source, RedisSource):
                 self.reaper = Reaper(self.source.deliveries, self.reporter.redis,

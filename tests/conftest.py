@@ -42,7 +42,8 @@ def model_dir(tmp_path_factory):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     (root.parent / "build-demo.log").write_text(out.stdout)
-    for alias in ("minilm-b", "minilm-c"):  # more ids for the same files, for tests that need their own
+    # More ids for the same files, for tests that need a queue of their own.
+    for alias in ("minilm-b", "minilm-c", "minilm-traced"):
         (root / alias).symlink_to(root / "minilm", target_is_directory=True)
     build_poisoned_model(root / "minilm", root / "tiny-poison")
     build_second_version(root / "minilm", root / "minilm-v2")

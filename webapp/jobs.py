@@ -21,7 +21,7 @@ import orjson
 import redis
 from kombu.exceptions import KombuError, OperationalError
 
-from common import lua, protocol
+from common import lua, protocol, tracing
 from common.deliveries import Deliveries, Reaper
 from common.errors import (
     BrokerUnavailable,
@@ -80,6 +80,7 @@ class JobService:
         self._inflight_lock = threading.Lock()
         self._delivered: queue.SimpleQueue = queue.SimpleQueue()  # job ids whose keys to shorten
         self._delivered_pid: int | None = None
+        self._traced = tracing.enabled()  # messages say when they were queued (the worker's queue wait span)
 
     # -- publishing -------------------------------------------------------
 
@@ -118,10 +119,11 @@ class JobService:
                     return joined
             else:
                 waiter = self.listener.register(job_id)
+        created_at = time.time()
         record = {
             "model_id": model_id,
             "status": protocol.QUEUED,
-            "created_at": repr(time.time()),
+            "created_at": repr(created_at),
             "items": len(items),
             "reply_to": self.listener.channel,
             **message_headers(request_id, traceparent),  # the record's fields are named as the headers
@@ -135,8 +137,10 @@ class JobService:
             expires = None
             if timeout is not None:
                 expires = datetime.fromtimestamp(time.time() + timeout, timezone.utc).isoformat()
-            self.publisher.publish(job_id, model_id, kwargs, self.listener.channel, record, expires,
-                                   headers=message_headers(request_id, traceparent))
+            headers = message_headers(request_id, traceparent)
+            if self._traced:
+                headers[tracing.ENQUEUED_AT_KEY] = created_at
+            self.publisher.publish(job_id, model_id, kwargs, self.listener.channel, record, expires, headers=headers)
         except _REDIS_ERRORS + (KombuError, OperationalError) as exc:
             log.warning("job %s: cannot queue it: %s", job_id, exc, extra={"job_id": job_id})
             error = BrokerUnavailable("cannot queue the job: the broker is unreachable")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from flask import Flask, g, request
 
+from common import tracing
 from common.requestid import (
     REQUEST_ID_HEADER,
     TRACEPARENT_HEADER,
@@ -26,8 +27,8 @@ def request_id() -> str:
 
 
 def traceparent() -> str | None:
-    """The current request's W3C traceparent, when it sent a valid one."""
-    return _ids()[1]
+    """The trace context its jobs carry: this request's span when tracing is on, else the one it sent (if valid)."""
+    return tracing.traceparent() or _ids()[1]
 
 
 def _ids() -> tuple[str, str | None]:
