@@ -43,6 +43,13 @@ _WORKER_STATES = {"type": "object", "properties": {
                 "description": "worker name -> loaded | loading | unloaded | switched | error: <why> | gone"}}}
 
 
+_HEALTH = {"type": "object", "required": ["status"], "properties": {
+    "status": {"type": "string", "enum": ["ok", "unavailable", "draining"]},
+    "message": {"type": "string", "description": "what is down, or that this process is draining (SIGTERM)"}}}
+_READY = {"200": _json(_HEALTH, "ready"),
+          "503": _json(_HEALTH, "not ready, with the reason: broker, result store or workers down, or draining")}
+
+
 def _admin_body(required: list[str], extra: dict, workers: bool = True) -> dict:
     props = {"model_id": {**_MODEL_ID, "example": "tiny-ner"},
              "workers": {"type": "array", "items": {"type": "string"}, "nullable": True,
@@ -195,9 +202,11 @@ def build_openapi(settings: Settings) -> dict:
                 "responses": {"200": _json(_WORKER_STATES, "each worker's state"), **_ADMIN}}},
             "/workers": {"get": {"summary": "Live workers",
                                  "responses": {"200": _json({"type": "array"}, "the workers")}}},
-            "/health": {"get": {"summary": "Readiness of broker, result store and workers",
-                                "responses": {"200": _json({"type": "object"}, "ready"),
-                                              "503": _json({"type": "object"}, "not ready, with the reason")}}},
+            "/health/live": {"get": {"summary": "Liveness: the process answers (no I/O)",
+                                     "responses": {"200": _json(_HEALTH, "alive")}}},
+            "/health/ready": {"get": {"summary": "Readiness of broker, result store and workers",
+                                      "responses": _READY}},
+            "/health": {"get": {"summary": "The same as /health/ready", "responses": _READY}},
             "/metrics": {"get": {"summary": "Prometheus metrics",
                                  "responses": {"200": {"description": "text exposition format",
                                                        "content": {"text/plain": {}}}}}},
