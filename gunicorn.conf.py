@@ -5,6 +5,7 @@ the CPU count, bounds how many requests wait at once. Override any of
 these on the command line or with GUNICORN_CMD_ARGS.
 """
 
+import math
 import os
 import shutil
 import tempfile
@@ -20,7 +21,16 @@ threads = int(os.environ.get("WEB_THREADS", "64"))
 # /predict may wait up to 300 s (options.wait); gthread workers stay alive
 # while their threads wait, so this only bounds a truly stuck worker.
 timeout = 360
-graceful_timeout = 30
+# On SIGTERM a worker keeps accepting for DRAIN_DELAY_S (answering
+# /health/ready with 503), then has this long to finish the requests it
+# holds; the master kills what is left after graceful_timeout. The delay is
+# added so it never eats into the time requests have to finish. A bad value
+# is the app's to report (common.settings names the variable).
+try:
+    _drain_delay_s = max(0.0, float(os.environ.get("DRAIN_DELAY_S") or 0))
+except ValueError:
+    _drain_delay_s = 0.0
+graceful_timeout = 30 + math.ceil(_drain_delay_s)
 keepalive = 5
 # The app logs one access line per request itself (webapp/accesslog.py, with
 # the route, request id and job id); WEB_ACCESS_LOG adds gunicorn's own.

@@ -100,6 +100,13 @@ DEFAULT_MAX_FILL_MASK_PREDICTIONS_PER_REQUEST = 2048
 # webapp to hold; 4096 are 18 MB (1.3 CPU-seconds with minilm).
 DEFAULT_MAX_TOKEN_VECTORS_PER_REQUEST = 4096
 
+# Seconds a webapp process keeps accepting requests after its SIGTERM,
+# answering /health/ready with 503 "draining" meanwhile, before it stops
+# accepting and finishes what it holds. A load balancer or Kubernetes needs
+# a probe or two to take the process out of rotation; requests it sends
+# meanwhile are served instead of refused. 0 stops accepting at once.
+DEFAULT_DRAIN_DELAY_S = 0.0
+
 # How long /predict waits by default, and the most a client may ask for.
 DEFAULT_WAIT_S = 30.0
 MAX_WAIT_S = 300.0
@@ -177,6 +184,7 @@ class Settings:
     api_tokens: tuple[str, ...] = field(default=(), repr=False)
     admin_token: str = field(default="", repr=False)
     rate_limit: str = ""  # "" = no rate limit
+    drain_delay_s: float = DEFAULT_DRAIN_DELAY_S
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -362,6 +370,7 @@ _PARSERS = {
     "api_tokens": _tokens,
     "admin_token": _token,
     "rate_limit": _rate_limit,
+    "drain_delay_s": _float(0.0, 3600.0),
     "log_level": _log_level,
     "log_format": _log_format,
 }

@@ -5,11 +5,20 @@ gunicorn answers a request it cannot parse (a request line over its limit:
 chunk: 400) itself, before the app sees it, with an HTML page. This worker
 answers the same statuses with `{"error": {"type", "message"}}`.
 gunicorn.conf.py selects it (`worker_class`).
+
+It also drains on SIGTERM (gunicorn's graceful stop, which its master
+forwards): /health/ready turns 503 "draining" at once, the process keeps
+accepting for DRAIN_DELAY_S so a load balancer can take it out of
+rotation, then gunicorn stops accepting and finishes the requests it holds
+(a /predict waiting for its result included) within graceful_timeout.
+The master's own listening socket closes at its SIGTERM, but the worker
+processes hold theirs, so the port keeps answering through the delay.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from datetime import datetime
 from http import HTTPStatus
 from ssl import SSLError
@@ -27,6 +36,7 @@ from common.errors import (
     UriTooLong,
 )
 from common.requestid import REQUEST_ID_HEADER, new_request_id, valid_request_id
+from webapp import drain
 
 # Client text quoted back in a message is cut to this many characters.
 MAX_QUOTED_CHARS = 200
@@ -69,7 +79,30 @@ def request_id_of(req) -> str:
 
 
 class JsonThreadWorker(ThreadWorker):
-    """gunicorn's gthread worker whose error answers are JSON."""
+    """gunicorn's gthread worker whose error answers are JSON and which drains on SIGTERM."""
+
+    def handle_exit(self, sig, frame):
+        """SIGTERM: not ready at once; stop accepting after DRAIN_DELAY_S (gunicorn then finishes what it holds)."""
+        if drain.is_draining():
+            return
+        drain.begin()
+        delay = self._drain_delay_s()
+        if delay <= 0:
+            self.alive = False
+            return
+        self.log.info("Draining: /health/ready answers 503; accepting for %g s more (DRAIN_DELAY_S)", delay)
+        # The run loop looks at `alive` at least every second; a timer thread, since a signal handler must not wait.
+        timer = threading.Timer(delay, self._stop_accepting)
+        timer.daemon = True
+        timer.start()
+
+    def _stop_accepting(self):
+        self.log.info("Drain delay over: no new connections; finishing the requests in hand")
+        self.alive = False
+
+    def _drain_delay_s(self) -> float:
+        settings = getattr(self.wsgi, "config", {}).get("SETTINGS")  # None before the app is loaded
+        return settings.drain_delay_s if settings is not None else 0.0
 
     def handle_error(self, req, client, addr, exc):
         """Log as gunicorn does, then answer with the JSON error (and close the connection)."""

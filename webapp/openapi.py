@@ -1,19 +1,26 @@
-"""The OpenAPI 3 document of every endpoint, served at /openapi.json."""
+"""The OpenAPI 3 document of every endpoint, served at /openapi.json.
+
+The request bodies are not written here: they are the JSON Schemas of the
+pydantic models that validate them (webapp/schemas.py), turned into OpenAPI
+3.0 (Swagger UI 4 reads 3.0), and the per-task parameters come from
+common.params.TASK_PARAMS. What is written here by hand is what no
+validator holds: the responses, their status codes and who may call what.
+"""
 
 from __future__ import annotations
 
-from common.params import TASK_ALIASES, TASK_PARAMS
+from pydantic import BaseModel
+
+from common.params import TASK_PARAMS
 from common.requestid import MAX_REQUEST_ID_CHARS
-from common.settings import MAX_TIMEOUT_S, MAX_WAIT_S, MODEL_ID_RE, Settings
+from common.settings import Settings
+from webapp.schemas import LoadBody, SwitchBody, UnloadBody, predict_body
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
-MODEL_ID_PATTERN = f"^{MODEL_ID_RE.pattern}$"
-# What `model_type` accepts (common.params.normalize_task): task names, their underscore forms, aliases.
-MODEL_TYPES = sorted({"", *TASK_PARAMS, *(t.replace("-", "_") for t in TASK_PARAMS), *TASK_ALIASES,
-                      *(a.replace("-", "_") for a in TASK_ALIASES)})
 _PARAM_SCHEMA = {"bool": {"type": "boolean"}, "int": {"type": "integer"}, "float": {"type": "number"},
                  "enum": {"type": "string"}, "str": {"type": "string"},
                  "labels": {"type": "array", "items": {"type": "string"}}}
+_REF_TEMPLATE = "#/components/schemas/{model}"
 
 
 def _error(description: str) -> dict:
@@ -28,7 +35,6 @@ def _json(schema: dict, description: str, headers: dict | None = None) -> dict:
 
 
 _LOCATION = {"Location": {"schema": {"type": "string"}, "description": "URL of the job"}}
-_MODEL_ID = {"type": "string", "pattern": MODEL_ID_PATTERN, "example": "minilm"}
 # Every endpoint that reads a JSON body.
 _BODY_ERRORS = {"400": _error("the body is empty or not valid JSON, or its HTTP framing is malformed"),
                 "408": _error("the body did not arrive within BODY_TIMEOUT_S")}
@@ -44,17 +50,45 @@ _WORKER_STATES = {"type": "object", "properties": {
                 "description": "worker name -> loaded | loading | unloaded | switched | error: <why> | gone"}}}
 
 
-def _admin_body(required: list[str], extra: dict, workers: bool = True) -> dict:
-    props = {"model_id": {**_MODEL_ID, "example": "tiny-ner"},
-             "workers": {"type": "array", "items": {"type": "string"}, "nullable": True,
-                         "description": "worker names; default: every live worker"},
-             "wait": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 120,
-                      "description": "seconds to wait for the workers to finish"}}
-    if not workers:  # a switch goes to every worker that has the model
-        del props["workers"]
-    props.update(extra)
-    return {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "required": required, "additionalProperties": False, "properties": props}}}}
+_HEALTH = {"type": "object", "required": ["status"], "properties": {
+    "status": {"type": "string", "enum": ["ok", "unavailable", "draining"]},
+    "message": {"type": "string", "description": "what is down, or that this process is draining (SIGTERM)"}}}
+_READY = {"200": _json(_HEALTH, "ready"),
+          "503": _json(_HEALTH, "not ready, with the reason: broker, result store or workers down, or draining")}
+
+
+def _body(model: type[BaseModel], components: dict) -> dict:
+    """A requestBody holding `model`'s JSON Schema, its sub-models put in `components`."""
+    schema = to_openapi_30(model.model_json_schema(ref_template=_REF_TEMPLATE))
+    components.update(schema.pop("$defs", {}))
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def to_openapi_30(node):
+    """A JSON Schema (draft 2020-12, as pydantic writes it) as an OpenAPI 3.0 schema.
+
+    `anyOf: [X, {type: null}]` becomes X with `nullable`, a numeric
+    exclusiveMinimum/Maximum becomes the bound with a boolean, `examples` one
+    `example`, and pydantic's titles go (the property names say it).
+    """
+    if isinstance(node, list):
+        return [to_openapi_30(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: to_openapi_30(v) for k, v in node.items() if k != "title" or not isinstance(v, str)}
+    options = node.get("anyOf")
+    if options and {"type": "null"} in options and len(options) == 2:
+        (other,) = [o for o in options if o != {"type": "null"}]
+        del node["anyOf"]
+        if "$ref" in other:  # 3.0 ignores siblings of a $ref
+            other = {"allOf": [other]}
+        node = {**other, **node, "nullable": True}
+    if isinstance(node.get("examples"), list) and node["examples"]:  # 3.0 schemas have one `example`
+        node["example"] = node.pop("examples")[0]
+    for key, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(node.get(key), (int, float)) and not isinstance(node[key], bool):
+            node[bound], node[key] = node[key], True
+    return node
 
 
 def build_openapi(settings: Settings) -> dict:
@@ -68,46 +102,13 @@ def build_openapi(settings: Settings) -> dict:
         }
         for task, spec in TASK_PARAMS.items()
     }
-    text = {"type": "string", "minLength": 1, "maxLength": settings.max_input_chars}
-    item = {"oneOf": [text, {"type": "object", "required": ["question", "context"], "additionalProperties": False,
-                             "properties": {"question": text, "context": text},
-                             "description": "question-answering"}]}
-    inputs = {"oneOf": [item, {"type": "array", "items": item, "minItems": 1,
-                               "maxItems": settings.max_items_per_request}]}
-    predict_body = {
-        "type": "object",
-        "required": ["model_id"],
-        # inputs, or its alias text: one of the two, never both (422).
-        "anyOf": [{"required": ["inputs"]}, {"required": ["text"]}],
-        "not": {"required": ["inputs", "text"]},
-        "additionalProperties": False,
-        "properties": {
-            "model_id": _MODEL_ID,
-            "inputs": {**inputs, "example": "The quick brown fox jumps over the lazy dog."},
-            "text": {**inputs, "description": "alias of inputs (give one of the two)"},
-            "parameters": {
-                "type": "object",
-                "nullable": True,
-                "description": "task parameters; per task: "
-                + "; ".join(f"{t}: {', '.join(p) or 'none'}" for t, p in params.items()),
-                "properties": {k: v for spec in params.values() for k, v in spec.items()},
-            },
-            "options": {
-                "type": "object",
-                "nullable": True,
-                "additionalProperties": False,
-                "properties": {
-                    "wait": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 30,
-                             "description": "seconds /predict waits before answering 202 with the job's URL"},
-                    "use_cache": {"type": "boolean", "default": True},
-                    "timeout": {"type": "number", "nullable": True, "minimum": 0, "exclusiveMinimum": True,
-                                "maximum": MAX_TIMEOUT_S,
-                                "description": "seconds the job may wait for the model; past it the job is "
-                                               "dropped unrun (504 deadline_exceeded)"},
-                },
-            },
-        },
-    }
+    components: dict = {}
+    predict = _body(predict_body(settings.max_items_per_request, settings.max_input_chars), components)
+    # What the body model holds as a free object: each task's parameters (common.params, checked per model).
+    predict["content"]["application/json"]["schema"]["properties"]["parameters"].update(
+        description="task parameters; per task: " + "; ".join(f"{t}: {', '.join(p) or 'none'}"
+                                                               for t, p in params.items()),
+        properties={k: v for spec in params.values() for k, v in spec.items()})
     job = {
         "type": "object",
         "properties": {
@@ -148,7 +149,7 @@ def build_openapi(settings: Settings) -> dict:
         "paths": {
             "/predict": {"post": {
                 "summary": "Run inputs through a model and wait for the result",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": predict_body}}},
+                "requestBody": predict,
                 "responses": {
                     "200": _json({"type": "object", "properties": {
                         "job_id": {"type": "string", "nullable": True,
@@ -164,7 +165,7 @@ def build_openapi(settings: Settings) -> dict:
             }},
             "/jobs": {"post": {
                 "summary": "Queue inputs for a model",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": predict_body}}},
+                "requestBody": predict,
                 "responses": {"202": _json(accepted, "queued", _LOCATION), **body_errors},
             }},
             "/jobs/{job_id}": {
@@ -180,32 +181,29 @@ def build_openapi(settings: Settings) -> dict:
                                 "responses": {"200": _json({"type": "object"}, "the models")}}},
             "/models/load": {"post": {
                 "summary": "Load a model on live workers (celery control load_model)",
-                "requestBody": _admin_body(["model_id"], {"model_type": {
-                    "type": "string", "nullable": True, "enum": [*MODEL_TYPES, None],
-                    "description": "pipeline task, e.g. feature-extraction or feature_extraction; "
-                                   "default (absent, null or empty): from the model's config"}}),
+                "requestBody": _body(LoadBody, components),
                 "responses": {"200": _json(_WORKER_STATES, "each worker's state"), **_ADMIN}}},
             "/models/unload": {"post": {
                 "summary": "Unload a model and free its memory (celery control unload_model)",
-                "requestBody": _admin_body(["model_id"], {}),
+                "requestBody": _body(UnloadBody, components),
                 "responses": {"200": _json(_WORKER_STATES, "each worker's state"), **_ADMIN}}},
             "/models/switch": {"post": {
                 "summary": "Serve model_id from another model directory (a new version), no failed request",
-                "requestBody": _admin_body(["model_id", "source"], {
-                    "model_id": {**_MODEL_ID, "example": "minilm"},
-                    "source": {**_MODEL_ID, "example": "minilm-v2",
-                               "description": "the model directory to serve model_id from"}}, workers=False),
+                "requestBody": _body(SwitchBody, components),
                 "responses": {"200": _json(_WORKER_STATES, "each worker's state"), **_ADMIN}}},
             "/workers": {"get": {"summary": "Live workers",
                                  "responses": {"200": _json({"type": "array"}, "the workers")}}},
-            "/health": {"get": {"summary": "Readiness of broker, result store and workers",
-                                "responses": {"200": _json({"type": "object"}, "ready"),
-                                              "503": _json({"type": "object"}, "not ready, with the reason")}}},
+            "/health/live": {"get": {"summary": "Liveness: the process answers (no I/O)",
+                                     "responses": {"200": _json(_HEALTH, "alive")}}},
+            "/health/ready": {"get": {"summary": "Readiness of broker, result store and workers",
+                                      "responses": _READY}},
+            "/health": {"get": {"summary": "The same as /health/ready", "responses": _READY}},
             "/metrics": {"get": {"summary": "Prometheus metrics",
                                  "responses": {"200": {"description": "text exposition format",
                                                        "content": {"text/plain": {}}}}}},
         },
         "components": {"schemas": {
+            **components,
             "ErrorBody": {"type": "object", "required": ["type", "message"],
                           "properties": {"type": {"type": "string"}, "message": {"type": "string"}}},
             "Error": {"type": "object", "required": ["error"],

@@ -85,7 +85,8 @@ def test_options_only_lists_methods(guarded):
 
 
 def test_open_endpoints_stay_open(guarded):
-    for path in ("/health", "/metrics", "/openapi.json", "/docs", "/models", "/workers"):
+    for path in ("/health", "/health/live", "/health/ready", "/metrics", "/openapi.json", "/docs", "/models",
+                 "/workers"):
         response = guarded.get(path)
         assert response.status_code not in (401, 403), (path, response.status_code)
 

@@ -43,8 +43,9 @@ def test_the_budget_is_the_valid_token_else_the_address(model_dir):
 
 def test_health_metrics_and_docs_are_exempt(model_dir):
     app = make_client(model_dir, workers=[], rate_limit="1/hour").application
-    for path, exempt in (("/health", True), ("/metrics", True), ("/docs", True), ("/openapi.json", True),
-                         ("/models", False), ("/workers", False), ("/jobs/x", False)):
+    for path, exempt in (("/health", True), ("/health/live", True), ("/health/ready", True), ("/metrics", True),
+                         ("/docs", True), ("/openapi.json", True), ("/models", False),
+                         ("/workers", False), ("/jobs/x", False)):
         with app.test_request_context(path):
             assert ratelimit._exempt() is exempt, path
 

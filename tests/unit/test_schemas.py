@@ -1,10 +1,11 @@
 """Request validation: every malformed body is a 400 or a 422 naming the field."""
 
+import jsonschema_rs
 import pytest
 
 from common.errors import BadRequest, InputTooLong, ValidationFailed
 from common.settings import DEFAULT_WAIT_S, Settings
-from webapp.schemas import parse_json, parse_predict
+from webapp.schemas import parse_json, parse_predict, predict_body
 
 S = Settings(max_input_chars=50, max_items_per_request=3)
 
@@ -27,7 +28,7 @@ def test_options():
     assert (req.wait, req.use_cache) == (0.0, False)
 
 
-@pytest.mark.parametrize("body, field", [
+INVALID = [
     ([], None),
     ({"inputs": "x"}, "model_id"),
     ({"model_id": "m"}, "inputs"),
@@ -47,7 +48,10 @@ def test_options():
     ({"model_id": "m", "inputs": "x", "options": {"wait": True}}, "options.wait"),
     ({"model_id": "m", "inputs": "x", "options": {"use_cache": "no"}}, "options.use_cache"),
     ({"model_id": "m", "inputs": "x", "options": {"priority": 1}}, "options.priority"),
-])
+]
+
+
+@pytest.mark.parametrize("body, field", INVALID)
 def test_invalid_bodies_are_422(body, field):
     """Each malformed body fails validation, naming the offending field."""
     with pytest.raises(ValidationFailed) as info:
@@ -69,3 +73,27 @@ def test_malformed_json_is_400(raw):
     with pytest.raises(BadRequest) as info:
         parse_json(raw)
     assert info.value.status_code == 400
+
+
+AGREEMENT_BODIES = [
+    {"model_id": "m", "inputs": "x"}, {"model_id": "m", "text": ["a", "b"]},
+    {"model_id": "m", "inputs": {"question": "q", "context": "c"}, "parameters": {"top_k": 2}},
+    {"model_id": "m", "inputs": "x", "options": {"wait": 0, "use_cache": False, "timeout": 5}},
+    {"model_id": "m", "inputs": "x", "options": None, "parameters": None},
+    {"model_id": "m"}, {"model_id": "m", "inputs": None}, {"model_id": "m", "inputs": "x", "text": "y"},
+    {"model_id": "m", "inputs": ["a", None]}, {"model_id": "m", "inputs": "\x1c"}, {"model_id": None, "inputs": "x"},
+    {"model_id": "m", "inputs": "x", "options": {"timeout": 0}}, {"model_id": "m", "inputs": "x", "options": 3},
+    {"model_id": "m", "inputs": "x", "options": {"wait": 1.5e3}}, {"model_id": "m", "inputs": True},
+]
+
+
+@pytest.mark.parametrize("body", AGREEMENT_BODIES + [b for b, _ in INVALID])
+def test_the_documented_schema_and_the_validation_agree(body):
+    """The JSON Schema the OpenAPI document carries accepts exactly the bodies the validation accepts."""
+    schema = predict_body(S.max_items_per_request, S.max_input_chars).model_json_schema()
+    try:
+        parse_predict(body, S)
+        accepted = True
+    except ValidationFailed:
+        accepted = False
+    assert jsonschema_rs.is_valid(schema, body) is accepted

@@ -1,18 +1,38 @@
-"""GET /health: is the service able to answer inference requests?"""
+"""Health probes: is the process alive, and is the service able to answer inference requests?
+
+- `GET /health/live`: the process answers; no I/O, so a slow Redis never
+  gets a live process restarted (Kubernetes' livenessProbe).
+- `GET /health/ready`: broker and result store answer and a worker is
+  alive; 503 with the reason while this process drains (SIGTERM) or the
+  service is degraded (Kubernetes' readinessProbe, a load balancer's check).
+- `GET /health`: the same as /health/ready (the original endpoint).
+"""
 
 from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
 from common.errors import BrokerUnavailable
+from webapp import drain
 from webapp.services import services
 
 bp = Blueprint("health", __name__)
 
+DRAINING_MESSAGE = "draining: this process is shutting down and finishes the requests it holds"
+
+
+@bp.get("/health/live")
+def live():
+    """200 as long as the process answers HTTP."""
+    return jsonify({"status": "ok"})
+
 
 @bp.get("/health")
-def health():
-    """200 when broker and result store answer and a worker is alive, else 503."""
+@bp.get("/health/ready")
+def ready():
+    """200 when broker and result store answer and a worker is alive, else 503 with the reason."""
+    if drain.is_draining():  # no I/O: the answer must not wait on a Redis that may be going away too
+        return jsonify({"status": "draining", "message": DRAINING_MESSAGE}), 503
     svc = services()
     problems = []
     broker_problem = svc.jobs.check_broker()
