@@ -8,10 +8,9 @@ import time
 import uuid
 
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from common import envelope
-from tests.helpers import ROOT, Worker, long_texts, service_env, wait_for_status
+from tests.helpers import ROOT, Worker, long_texts, metric_value, scrape_metrics, service_env, wait_for_status
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "atf-dashboard.json"
 _PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
@@ -38,31 +37,10 @@ def dashboard_metrics() -> set[str]:
     return set().union(*(queried_metrics(e) for e in exprs))
 
 
-def scrape(api) -> dict[str, dict]:
-    """{family name: {"type", "samples": {(sample name, labels): value}}} of one scrape."""
-    response = api.get("/metrics")
-    assert response.status_code == 200
-    out = {}
-    for family in text_string_to_metric_families(response.text):
-        out[family.name] = {"type": family.type, "samples": {
-            (s.name, tuple(sorted(s.labels.items()))): s.value for s in family.samples}}
-    return out
-
-
-def sample(metrics: dict, name: str, **labels) -> float | None:
-    """The value of one sample (`name` as exposed, with `_total`/`_bucket`...), None when absent."""
-    wanted = tuple(sorted(labels.items()))
-    for family in metrics.values():
-        value = family["samples"].get((name, wanted))
-        if value is not None:
-            return value
-    return None
-
-
 def poll(api, check, timeout: float = 30.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        metrics = scrape(api)
+        metrics = scrape_metrics(api)
         if check(metrics):
             return metrics
         if time.monotonic() > deadline:
@@ -91,7 +69,7 @@ def test_every_metric_the_dashboard_queries_is_in_a_live_scrape(api, redis_url):
     for _ in range(2):  # the second is a cache hit
         assert api.post("/predict", json={"model_id": "minilm", "inputs": text}).status_code == 200
     push_invalid_job(redis_url, "minilm")
-    metrics = poll(api, lambda m: sample(m, "atf_jobs_failed_total", model_id="minilm", type="validation_error"))
+    metrics = poll(api, lambda m: metric_value(m, "atf_jobs_failed_total", model_id="minilm", type="validation_error"))
     exposed = {name for family in metrics.values() for name, _ in family["samples"]}
     queried = dashboard_metrics()
     assert len(queried) >= 15
@@ -105,21 +83,21 @@ def test_every_metric_the_dashboard_queries_is_in_a_live_scrape(api, redis_url):
 
 def test_fleet_metrics_count_the_jobs_run(api, worker, redis_url):
     """One worker up with its memory; 3 jobs add 3 to both job histograms; a refused job counts as a failure."""
-    before = scrape(api)
-    assert sample(before, "atf_workers_up") == 1  # once, though two gunicorn processes serve the API
-    assert sample(before, "atf_worker_rss_bytes", worker=worker.name) > 10_000_000
-    assert sample(before, "atf_worker_gpu_memory_bytes", worker=worker.name) == 0  # a CPU worker
-    assert sample(before, "atf_model_load_seconds", model_id="minilm", worker=worker.name) > 0
+    before = scrape_metrics(api)
+    assert metric_value(before, "atf_workers_up") == 1  # once, though two gunicorn processes serve the API
+    assert metric_value(before, "atf_worker_rss_bytes", worker=worker.name) > 10_000_000
+    assert metric_value(before, "atf_worker_gpu_memory_bytes", worker=worker.name) == 0  # a CPU worker
+    assert metric_value(before, "atf_model_load_seconds", model_id="minilm", worker=worker.name) > 0
     for text in long_texts(3, words=20):
         assert api.post("/predict", json={"model_id": "minilm", "inputs": text}).status_code == 200
     def failures(metrics):
-        return sample(metrics, "atf_jobs_failed_total", model_id="minilm", type="validation_error") or 0
+        return metric_value(metrics, "atf_jobs_failed_total", model_id="minilm", type="validation_error") or 0
 
     push_invalid_job(redis_url, "minilm")
     after = poll(api, lambda m: failures(m) == failures(before) + 1)
 
     def grew(name, **labels):
-        return (sample(after, name, **labels) or 0) - (sample(before, name, **labels) or 0)
+        return (metric_value(after, name, **labels) or 0) - (metric_value(before, name, **labels) or 0)
 
     assert grew("atf_job_queue_seconds_count", model_id="minilm") == 3
     assert grew("atf_job_inference_seconds_count", model_id="minilm") == 3
@@ -127,10 +105,10 @@ def test_fleet_metrics_count_the_jobs_run(api, worker, redis_url):
     assert grew("atf_job_inference_seconds_sum", model_id="minilm") > 0
     assert grew("atf_jobs_failed_total", model_id="minilm", type="validation_error") == 1
     assert grew("atf_jobs_redelivered_total", model_id="minilm") == 0
-    assert 0 <= sample(after, "atf_batch_padding_ratio", model_id="minilm") < 1
+    assert 0 <= metric_value(after, "atf_batch_padding_ratio", model_id="minilm") < 1
     assert grew("atf_batch_padded_tokens_total", model_id="minilm") >= grew("atf_batch_tokens_total",
                                                                            model_id="minilm") > 0
-    assert sample(after, "atf_queue_depth", model_id="minilm") == 0
+    assert metric_value(after, "atf_queue_depth", model_id="minilm") == 0
 
 
 def test_queue_depth_and_jobs_in_flight_while_the_worker_is_busy(api, redis_url, model_dir, log_dir):
@@ -143,11 +121,11 @@ def test_queue_depth_and_jobs_in_flight_while_the_worker_is_busy(api, redis_url,
         wait_for_status(api, long_job, {"running"})
         waiting = [api.post("/jobs", json={"model_id": "minilm-b", "inputs": text}).json()["job_id"]
                    for text in long_texts(3, words=10)]
-        poll(api, lambda m: sample(m, "atf_queue_depth", model_id="minilm-b") == 3
-             and sample(m, "atf_jobs_in_flight", model_id="minilm-b") == 1)
+        poll(api, lambda m: metric_value(m, "atf_queue_depth", model_id="minilm-b") == 3
+             and metric_value(m, "atf_jobs_in_flight", model_id="minilm-b") == 1)
         for job_id in [long_job] + waiting:
             assert wait_for_status(api, job_id, {"succeeded", "failed"})["status"] == "succeeded"
-        poll(api, lambda m: sample(m, "atf_queue_depth", model_id="minilm-b") == 0
-             and sample(m, "atf_jobs_in_flight", model_id="minilm-b") == 0)
+        poll(api, lambda m: metric_value(m, "atf_queue_depth", model_id="minilm-b") == 0
+             and metric_value(m, "atf_jobs_in_flight", model_id="minilm-b") == 0)
     finally:
         busy.stop()
