@@ -6,7 +6,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test faults install install-dev bench clean
+.PHONY: run test faults install install-dev compose-tool bench clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,15 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt requirements-ote
 
 install: $(VENV)/.installed
 
-install-dev: $(VENV)/.installed-dev
+install-dev: $(VENV)/.installed-dev compose-tool
+
+# Debian's docker-compose (1.29) checks docker-compose.yml in the tests without a Docker engine
+# (tests/integration/test_compose.py). Installed once, as root with apt (CI); else a hint.
+compose-tool:
+	@command -v docker-compose >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; \
+	  else echo "make: apt-get install docker-compose (as root) to run the Compose test" >&2; fi; }
 
 run: install
 	$(PY) -m devtools.stack

@@ -17,7 +17,9 @@ WORKERS_KEY = KEY_PREFIX + "workers"  # hash: worker name -> JSON state
 # webapp processes drop what they cached of the registry at once.
 REGISTRY_CHANNEL = KEY_PREFIX + "registry-changed"
 JOB_KEY_PREFIX = KEY_PREFIX + "job:"  # hash per job: model_id, status, times
-BATCH_STATS_PREFIX = KEY_PREFIX + "batches:"  # hash per model: batch counters
+BATCH_STATS_PREFIX = KEY_PREFIX + "batches:"  # hash per model: batch counters (common/batchstats.py)
+# Set: every model a job was queued for or a batch was run of (the models /metrics reports).
+MODELS_KEY = KEY_PREFIX + "models"
 REPLY_CHANNEL_PREFIX = KEY_PREFIX + "replies:"  # pub/sub channel per webapp process
 MODEL_SOURCES_KEY = KEY_PREFIX + "model_sources"  # hash: model id -> directory serving it (after a switch)
 AUTOLOAD_KEY_PREFIX = KEY_PREFIX + "autoload:"  # lock per model: one on-demand load at a time

@@ -24,6 +24,7 @@ class LoadedModel:
     task: str
     device: str
     loaded_at: float = field(default_factory=time.time)
+    load_seconds: float = 0.0  # reading the weights onto the device, start to end
 
     @property
     def source(self) -> str:
@@ -47,9 +48,11 @@ class ModelRegistry:
         """Load weights for `model_id` (from directory `source`, default itself) without registering them."""
         from model_store.loader import load_runner
 
+        started = time.perf_counter()
         info = self.store.describe(source or model_id)
         runner = load_runner(info, self.device, task)
-        return LoadedModel(model_id=model_id, info=info, runner=runner, task=runner.task, device=self.device)
+        return LoadedModel(model_id=model_id, info=info, runner=runner, task=runner.task, device=self.device,
+                           load_seconds=time.perf_counter() - started)
 
     def load(self, model_id: str, task: str | None = None, source: str | None = None) -> LoadedModel:
         """Load and register `model_id` (a no-op when it is loaded already)."""

@@ -39,6 +39,7 @@ class Job:
     tag: object = None  # its delivery there: a Redis delivery tag, or kombu's message
     holder: str | None = None  # the holder that fetched it (Redis broker)
     received_at: float = field(default_factory=time.time)
+    enqueued_at: float | None = None  # when the webapp queued it (its record's created_at), once started
     expires_at: float | None = None  # Celery's `expires`: drop the job unrun after this
     started_at: float | None = None
     outputs: list = field(default_factory=list)

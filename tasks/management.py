@@ -39,6 +39,19 @@ def rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
+def gpu_memory(device: str) -> dict | None:
+    """CUDA memory this process has: `allocated` to tensors, `reserved` by its caching allocator (None on CPU).
+
+    `reserved` is what the device lends this process, what other processes
+    on the GPU cannot have: the figure to watch against the card's memory.
+    """
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return {"allocated": int(torch.cuda.memory_allocated(device)), "reserved": int(torch.cuda.memory_reserved(device))}
+
+
 def release_memory(device: str) -> None:
     """Give freed memory back: collect cycles, trim glibc's heap, empty CUDA's cache."""
     gc.collect()

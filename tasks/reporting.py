@@ -25,13 +25,14 @@ import queue
 import threading
 import time
 import traceback
-from collections import deque
+from collections import defaultdict, deque
 from datetime import datetime, timezone
 
 import orjson
 import redis
 
-from common import logcontext, lua, protocol
+from common import batchstats, logcontext, lua, protocol
+from common.batchstats import BatchStats
 from common.deliveries import deliveries_key
 from common.errors import ServiceError
 from tasks.jobs import Job
@@ -104,23 +105,34 @@ class Reporter:
         (common/lua/start_jobs.lua).
         """
         now = time.time()
-        verdicts = self._retrying(lambda: self._start_jobs(
+        reply = self._retrying(lambda: self._start_jobs(
             keys=[protocol.job_key(j.id) for j in jobs],
             args=[repr(now), holder, self.max_deliveries, self.ttl, "1" if alone else "0"]))
-        verdicts = [int(v) for v in verdicts] if verdicts is not None else [RUN] * len(jobs)
-        for job, verdict in zip(jobs, verdicts):
+        verdicts, created = ([int(v) for v in reply[0]], reply[1]) if reply is not None else \
+            ([RUN] * len(jobs), [b""] * len(jobs))
+        for job, verdict, created_at in zip(jobs, verdicts, created):
             if verdict in (RUN, RERUN):
                 job.started_at = now
+                job.enqueued_at = float(created_at) if created_at else job.received_at
                 if self._send_events:
                     self._events.append(("task-started", now, {"uuid": job.id}))
+        reruns = verdicts.count(RERUN)
+        if reruns:  # rare (a worker died running them): a round trip of its own
+            self._retrying(lambda: self.redis.hincrby(protocol.batch_stats_key(jobs[0].model_id),
+                                                      "redelivered", reruns))
         return verdicts
 
     def finish(self, model_id: str, jobs: list[Job], batch_size: int = 0, forward_s: float = 0.0,
-               passes: int = 0) -> None:
-        """Hand over finished jobs: their results are stored, then they are acked."""
+               passes: int = 0, tokens: int = 0, padded_tokens: int = 0) -> None:
+        """Hand over finished jobs: their results are stored, then they are acked.
+
+        `batch_size` and the rest describe the batch that finished them (none
+        for jobs that ended without running): `tokens` its items' real
+        lengths, `padded_tokens` the same padded to the longest.
+        """
         with self._unacked_lock:
             self._unacked += len(jobs)
-        self._finished.put((model_id, jobs, batch_size, forward_s, passes, time.time()))
+        self._finished.put((model_id, jobs, batch_size, forward_s, passes, time.time(), tokens, padded_tokens))
 
     def unacked(self) -> int:
         """Jobs handed over and not yet acked: the worker still holds their messages."""
@@ -165,7 +177,7 @@ class Reporter:
                     self.source.wake()  # their slots are free: WORKER_PREFETCH counts held messages
 
     def _store(self, model_id: str, jobs: list[Job], batch_size: int, forward_s: float, passes: int,
-               now: float) -> None:
+               now: float, tokens: int = 0, padded_tokens: int = 0) -> None:
         """Store results and batch statistics, ack the messages, queue the events."""
         date_done = datetime.now(timezone.utc).isoformat()
         args = []
@@ -201,19 +213,18 @@ class Reporter:
             args += [key, orjson.dumps(output, option=orjson.OPT_SERIALIZE_NUMPY)]
         args += [holder_key, len(folded)] + [job.tag for job in folded]
 
+        stats = self._stats(written, now)
+        if batch_size:
+            stats[model_id].batch(batch_size, passes, forward_s, tokens, padded_tokens)
+
         def write():
             with self.redis.pipeline(transaction=True) as pipe:
                 self._store_results(args=args, client=pipe)
-                if batch_size:
-                    stats = protocol.batch_stats_key(model_id)
-                    pipe.hincrby(stats, "batches", 1)
-                    pipe.hincrby(stats, "items", batch_size)
-                    pipe.hincrby(stats, f"size:{batch_size}", 1)
-                    pipe.hincrby(stats, "passes", passes)
-                    pipe.hincrbyfloat(stats, "forward_seconds", forward_s)
+                for stats_model, increments in stats.items():
+                    increments.write(pipe, stats_model)
                 return pipe.execute()[0]
 
-        stored = self._retrying(write) if (written or folded or batch_size) else []
+        stored = self._retrying(write) if (written or folded or stats) else []
         if stored is None:  # stopping, and Redis is still down: the jobs stay held, nothing is lost
             log.error("results of %d job(s) not stored (Redis unreachable); their messages stay unacknowledged "
                       "and go to another worker", len(jobs))
@@ -233,6 +244,23 @@ class Reporter:
             for job in jobs:
                 if not job.skipped:
                     self._events.append(self._outcome_event(job, now))
+
+    @staticmethod
+    def _stats(jobs: list[Job], now: float) -> defaultdict[str, BatchStats]:
+        """Per model: the failures, queue waits and inference times of jobs whose results are stored now.
+
+        A result that loses to another worker's (written first) is counted
+        all the same: the job did wait and run here.
+        """
+        stats: defaultdict[str, BatchStats] = defaultdict(BatchStats)
+        for job in jobs:
+            if job.error is not None:
+                stats[job.model_id].failed(getattr(job.error, "type", "internal_error"))
+            if job.started_at is not None:
+                queued_at = job.enqueued_at or job.received_at
+                stats[job.model_id].observe(batchstats.QUEUE_SECONDS, job.started_at - queued_at)
+                stats[job.model_id].observe(batchstats.INFERENCE_SECONDS, now - job.started_at)
+        return stats
 
     def _split_acks(self, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
         """(jobs acked inside the result script, jobs the source acks after it)."""

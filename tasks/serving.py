@@ -34,7 +34,7 @@ from model_store.store import ModelStore
 from tasks.batcher import Batcher
 from tasks.heartbeat import Heartbeat
 from tasks.jobs import InvalidJob, Job, invalid_job_error, job_from_envelope
-from tasks.management import ModelManager, rss_bytes
+from tasks.management import ModelManager, gpu_memory, rss_bytes
 from tasks.reporting import Reporter
 from tasks.sources import KombuSource, RedisSource, make_source
 
@@ -190,8 +190,9 @@ class ModelServing(bootsteps.StartStopStep):
         except InvalidJob as exc:
             log.error("dead-lettering a message from %s (job %s): %s", queue or "?", exc.job_id or "without id", exc)
             self.dead_letter(queue, exc.job_id, str(exc), message.raw or message.body)
-            failed = Job(id=exc.job_id or "", model_id="", inputs=[None], params={}, is_list=False,
-                         source=self.source, tag=tag, holder=holder)
+            # Counted as a failure of the model whose queue it came on.
+            failed = Job(id=exc.job_id or "", model_id=model_for_queue(queue) or "", inputs=[None], params={},
+                         is_list=False, source=self.source, tag=tag, holder=holder)
             if exc.job_id:
                 failed.fail(invalid_job_error(exc))  # stored as failed: whoever waits learns why
             else:
@@ -244,14 +245,15 @@ class ModelServing(bootsteps.StartStopStep):
             "started_at": self.started_at,
             "models": {
                 m.model_id: {"task": m.task, "fingerprint": m.fingerprint, "source": m.source,
-                             "loaded_at": m.loaded_at}
+                             "loaded_at": m.loaded_at, "load_seconds": m.load_seconds}
                 for m in serving
             },
             "changing": changing,
             "version": self.manager.version,  # see ModelManager.version
-            "memory": {"rss": rss_bytes(), "models": dict(self.manager.memory)},
+            "memory": {"rss": rss_bytes(), "gpu": gpu_memory(self.device), "models": dict(self.manager.memory)},
             "queues": [queue_for(m.model_id) for m in serving],
             "active": self.batcher.active(),
+            "in_hand": {m.model_id: self.batcher.in_hand(m.model_id) for m in serving},
             "max_batch_size": self.settings.max_batch_size,
             "max_batch_tokens": self.settings.max_batch_tokens,
             "batching": self.batcher.budgets(),

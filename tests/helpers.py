@@ -8,6 +8,7 @@ from pathlib import Path
 from pydoc_data.topics import topics
 
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.protocol import batch_stats_key
 from devtools import processes
@@ -50,3 +51,24 @@ def wait_for_status(api, job_id: str, statuses: set, timeout: float = 60.0) -> d
             return body
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} never reached {statuses}; last: {body}")
+
+
+def scrape_metrics(api) -> dict[str, dict]:
+    """{family name: {"type", "samples": {(sample name, labels): value}}} of one scrape."""
+    response = api.get("/metrics")
+    assert response.status_code == 200
+    out = {}
+    for family in text_string_to_metric_families(response.text):
+        out[family.name] = {"type": family.type, "samples": {
+            (s.name, tuple(sorted(s.labels.items()))): s.value for s in family.samples}}
+    return out
+
+
+def metric_value(metrics: dict, name: str, **labels) -> float | None:
+    """The value of one sample (`name` as exposed, with `_total`/`_bucket`...), None when absent."""
+    wanted = tuple(sorted(labels.items()))
+    for family in metrics.values():
+        value = family["samples"].get((name, wanted))
+        if value is not None:
+            return value
+    return None

@@ -20,6 +20,7 @@ from celery import Celery
 from kombu.exceptions import ChannelError
 
 from common import envelope, protocol
+from common.deliveries import lists_of
 from common.settings import Settings
 
 
@@ -36,6 +37,7 @@ def _record_commands(pipe, job_id: str, record: dict, ttl: int) -> None:
     key = protocol.job_key(job_id)
     pipe.hset(key, mapping=record)
     pipe.expire(key, ttl)
+    pipe.sadd(protocol.MODELS_KEY, record["model_id"])  # /metrics reports its queue from now on
 
 
 class RedisPublisher:
@@ -68,7 +70,18 @@ class RedisPublisher:
             self.broker.lpush(queue, message)
 
     def queue_depth(self, model_id: str) -> int:
-        return int(self.broker.llen(protocol.queue_for(model_id)))
+        return self.queue_depths([model_id])[model_id]
+
+    def queue_depths(self, model_ids: list[str]) -> dict[str, int]:
+        """Messages waiting per model, in one round trip (kombu's priority lists included)."""
+        with self.broker.pipeline(transaction=False) as pipe:
+            for model_id in model_ids:
+                for key in lists_of(protocol.queue_for(model_id)):
+                    pipe.llen(key)
+            lengths = pipe.execute()
+        per_model = len(lists_of(""))
+        return {model_id: int(sum(lengths[i * per_model:(i + 1) * per_model]))
+                for i, model_id in enumerate(model_ids)}
 
 
 class CeleryPublisher:
@@ -112,6 +125,10 @@ class CeleryPublisher:
                     channel.close()
                 except Exception:  # noqa: BLE001 - a closed channel is fine
                     pass
+
+    def queue_depths(self, model_ids: list[str]) -> dict[str, int]:
+        """Messages waiting per model (a passive declare each)."""
+        return {model_id: self.queue_depth(model_id) for model_id in model_ids}
 
 
 def make_publisher(settings: Settings, results: redis.Redis):

@@ -3,7 +3,7 @@
 -- KEYS   the jobs' records (atf:job:<id>)
 -- ARGV[1] time; ARGV[2] the holder starting them; ARGV[3] MAX_DELIVERIES; ARGV[4] record ttl (s);
 -- ARGV[5] '1' when the batch holds these jobs alone (one job), else '0'
--- Returns per job:
+-- Returns {verdicts, enqueue times}: per job its record's created_at ('' without one), and its verdict:
 --   1  run it (it is started now)
 --   3  run it (it is started now, alone, again: a worker died running it before)
 --   2  not started: it was started before and never finished (a worker
@@ -14,7 +14,9 @@
 --  -2  started MAX_DELIVERIES times without finishing: it kills workers; fail it
 -- A job without a record (sent by a plain Celery client) gets one.
 local out = {}
+local created = {}
 for i, key in ipairs(KEYS) do
+  created[i] = redis.call('HGET', key, 'created_at') or ''
   local status = redis.call('HGET', key, 'status')
   if status == 'cancelled' then
     out[i] = 0
@@ -36,4 +38,4 @@ for i, key in ipairs(KEYS) do
     end
   end
 end
-return out
+return {out, created}

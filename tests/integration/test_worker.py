@@ -8,7 +8,7 @@ from celery import Celery
 
 from common.deliveries import deliveries_key
 from common.settings import Settings
-from tests.helpers import LONG, PYTHON, ROOT, Worker, service_env, wait_for_status
+from tests.helpers import LONG, PYTHON, ROOT, Worker, metric_value, scrape_metrics, service_env, wait_for_status
 from webapp import create_app
 
 
@@ -59,7 +59,11 @@ def test_health_follows_the_workers(redis_url, model_dir, log_dir):
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_batch_loses_no_job(api, redis_url, model_dir, log_dir):
-    """Jobs held by a crashed worker go back to the queue once it misses its heartbeats; another runs them."""
+    """Jobs held by a crashed worker go back to the queue once it misses its heartbeats; another runs them.
+
+    The job it was running counts as redelivered in /metrics.
+    """
+    redelivered_before = metric_value(scrape_metrics(api), "atf_jobs_redelivered_total", model_id="minilm-b") or 0
     env = service_env(redis_url, model_dir, preload_models="minilm-b")
     victim = Worker("victim", env, log_dir).wait_ready()
     ids = [api.post("/jobs", json={"model_id": "minilm-b", "inputs": LONG[:64],
@@ -74,6 +78,8 @@ def test_a_worker_killed_mid_batch_loses_no_job(api, redis_url, model_dir, log_d
         for job_id in ids:
             job = wait_for_status(api, job_id, {"succeeded", "failed"}, timeout=90)
             assert job["status"] == "succeeded" and len(job["result"]) == 64
+        redelivered = metric_value(scrape_metrics(api), "atf_jobs_redelivered_total", model_id="minilm-b")
+        assert 1 <= redelivered - redelivered_before <= len(ids)  # at least the one it was running
     finally:
         rescuer.stop()
 
