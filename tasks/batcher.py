@@ -392,7 +392,7 @@ class Batcher(LaneChanges):
             job.forward_s += elapsed
             job.largest_batch = max(job.largest_batch, len(batch))
         self._finish(lane, [job for job in jobs if job.done], batch_size=len(batch), forward_s=elapsed,
-                     passes=passes, tokens=sum(it.length for it in batch), padded_tokens=longest * len(batch))
+                     passes=passes, tokens=tokens, padded_tokens=padded)
 
     def _start(self, lane: Lane, batch: list[Item]) -> list[Item]:
         """Mark the batch's new jobs started; the items that may run now, together.
