@@ -8,11 +8,15 @@ import time
 import uuid
 
 import redis
+import yaml
 
 from common import envelope
 from tests.helpers import ROOT, Worker, long_texts, metric_value, scrape_metrics, service_env, wait_for_status
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "atf-dashboard.json"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+# Series Prometheus makes itself for every target, not the application's.
+PROMETHEUS_SERIES = {"up"}
 _PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
                  "offset"}
 
@@ -35,6 +39,14 @@ def dashboard_metrics() -> set[str]:
     exprs = [t["expr"] for panel in json.loads(DASHBOARD.read_text())["panels"] for t in panel.get("targets", [])]
     assert exprs
     return set().union(*(queried_metrics(e) for e in exprs))
+
+
+def alert_rules() -> list[dict]:
+    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+
+
+def alert_metrics() -> set[str]:
+    return set().union(*(queried_metrics(rule["expr"]) for rule in alert_rules())) - PROMETHEUS_SERIES
 
 
 def poll(api, check, timeout: float = 30.0) -> dict:
@@ -63,8 +75,22 @@ def test_queried_metrics_are_parsed_from_promql():
     assert queried_metrics(expr) == {"atf_job_queue_seconds_bucket", "atf_queue_depth"}
 
 
+def test_alert_rules_are_complete_and_loaded():
+    """Each rule has a name, an expression, a severity and a summary; prometheus.yml and compose load the file."""
+    rules = alert_rules()
+    assert len(rules) >= 5
+    for rule in rules:
+        assert rule["alert"].startswith("ATF") and rule["expr"].strip(), rule
+        assert rule["labels"]["severity"] in ("critical", "warning") and rule["annotations"]["summary"], rule
+    assert "/etc/prometheus/alerts.yml" in yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())[
+        "rule_files"]
+    mounts = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["prometheus"]["volumes"]
+    assert "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts
+
+
 def test_every_metric_the_dashboard_queries_is_in_a_live_scrape(api, redis_url):
-    """Jobs run (one cached, one the worker refuses): each series a panel reads is in /metrics, histograms as such."""
+    """Jobs run (one cached, one the worker refuses): each series a panel or an alert reads is in /metrics,
+    histograms as such."""
     text = "the dashboard check"
     for _ in range(2):  # the second is a cache hit
         assert api.post("/predict", json={"model_id": "minilm", "inputs": text}).status_code == 200
@@ -75,6 +101,8 @@ def test_every_metric_the_dashboard_queries_is_in_a_live_scrape(api, redis_url):
     assert len(queried) >= 15
     missing = sorted(queried - exposed)
     assert not missing, f"the dashboard queries metrics /metrics does not have: {missing}"
+    missing = sorted(alert_metrics() - exposed)
+    assert not missing, f"the alert rules read metrics /metrics does not have: {missing}"
     for name in queried:
         base = re.sub(r"_(bucket|sum|count)$", "", name)
         if base != name and name.endswith("_bucket"):
