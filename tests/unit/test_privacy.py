@@ -34,6 +34,9 @@ class Pipe:
     def expire(self, *a):
         pass
 
+    def sadd(self, *a):
+        pass
+
     def lpush(self, key, value):
         self.pushed.append(value)
 
@@ -57,7 +60,7 @@ def test_webapp_message_shows_a_summary_not_the_inputs():
     pipe = Pipe()
     publisher = RedisPublisher(Settings(), pipe)
     publisher.publish("job-1", "minilm", {"model_id": "minilm", "inputs": [SECRET], "is_list": True},
-                      "atf:replies:x", {"status": "queued"})
+                      "atf:replies:x", {"status": "queued", "model_id": "minilm"})
     message = envelope.read(pipe.pushed[0])
     assert message.headers["kwargsrepr"] == protocol.arguments_summary("minilm", [SECRET])
     assert message.headers["argsrepr"] == "()"
