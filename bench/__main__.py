@@ -33,6 +33,7 @@ import redis
 from bench.cache import measure_cache
 from bench.cache import report as cache_report
 from bench.load import sentences
+from bench.validation_cost import report as validation_report
 from common.protocol import batch_stats_key
 from devtools.processes import PYTHON, ROOT, Webapp, Worker, service_env
 from devtools.redis_server import EmbeddedRedis
@@ -312,6 +313,7 @@ def main(argv=None) -> int:
         text = report(rows, ceiling, args, started)
         if cache is not None:
             text += "\n" + "\n".join(cache_report(cache))
+        text += "\n" + "\n".join(validation_report())
         Path(args.results).write_text(text)
         progress(f"wrote {args.results}, bench/bench.png, {OUT / 'results.json'}")
         print()

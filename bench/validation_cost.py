@@ -7,9 +7,8 @@ decoding left out — on representative bodies: the body's shape
 (webapp.schemas.parse_predict), the task's parameters and each input item
 (common.params). N runs of each (default 20000); prints microseconds of
 CPU per body, the figure to compare before and after a change to
-validation (the budget is ~100 us per request). Measured on the 2-core
-build machine, 20000 runs: hand-written checks 3.9 / 9.6 / 4.6 / 8.0 us,
-pydantic models (webapp/schemas.py) 5.4 / 9.2 / 6.5 / 7.9 us.
+validation (the budget is ~100 us per request). `python -m bench` adds the
+same table to bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -54,11 +53,20 @@ def cost_us(body: dict, task: str, n: int) -> float:
     return (time.process_time() - start) / n * 1e6
 
 
+def report(n: int = 20_000) -> list[str]:
+    """RESULTS.md's section: CPU per validation of each representative body."""
+    lines = ["## Request validation (budget: about 0.1 ms of CPU per request)", "",
+             f"`python -m bench.validation_cost {n}`: what `POST /predict` checks before it looks at the model "
+             "store (the body's shape by the pydantic models of webapp/schemas.py, which also write the "
+             "OpenAPI document; the task's parameters; each item), in-process.", "",
+             "| body | CPU µs per validation |", "|---|---:|"]
+    lines += [f"| {name} | {cost_us(body, task, n):.1f} |" for name, body, task in BODIES]
+    return lines + [""]
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-    print(f"{'body':34} CPU us per validation ({n} runs)")
-    for name, body, task in BODIES:
-        print(f"{name:34} {cost_us(body, task, n):8.2f}")
+    print("\n".join(report(n)))
 
 
 if __name__ == "__main__":
