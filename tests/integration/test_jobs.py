@@ -64,5 +64,7 @@ def test_unknown_job_is_404(api):
 
 @pytest.mark.parametrize("wait", [0, 0.0])
 def test_wait_zero_never_blocks(api, wait):
-    response = api.post("/predict", json={"model_id": "minilm", "inputs": "now", "options": {"wait": wait}})
+    # Not cached: an earlier run's result would be a legitimate 200 at once.
+    response = api.post("/predict", json={"model_id": "minilm", "inputs": f"now ({wait!r})",
+                                          "options": {"wait": wait, "use_cache": False}})
     assert response.status_code == 202
