@@ -9,6 +9,12 @@ machine's CPU, tokens/s fell by ~20% past ~4k padded tokens per call). The
 planner asks it which batch gives the most items per second, so the batch
 budget comes from measurement, not from a guess: it is calibrated when a
 model is loaded and refitted online from the batches the worker runs.
+
+Timings on a busy machine are only ever too slow (another process loading a
+model, a GC pause), never too fast, and a few such points once made a worker
+choose batches of 63 items at 128 tokens where 9 was best. So calibration
+takes each shape's fastest of interleaved rounds, and the fit weighs every
+point by how well it agrees with the rest, dropping those far off.
 """
 
 from __future__ import annotations
@@ -21,9 +27,51 @@ import numpy as np
 # Shapes timed at load: (items, tokens). Small enough to take about a
 # second on a laptop CPU, spread enough to pin down all four terms.
 CALIBRATION_SHAPES = ((1, 16), (1, 128), (4, 32), (8, 64), (16, 16), (16, 64), (32, 32), (64, 32), (32, 128))
-# Refit after this many new observed batches, over at most this many.
-REFIT_EVERY = 32
-HISTORY = 512
+# Every shape is timed in this many interleaved rounds (one pass per shape
+# each), so a burst of load spoils one of its timings, not all of them ...
+CALIBRATION_ROUNDS = 2
+# ... and a shape whose two fastest timings differ by more than this is
+# timed again, at most EXTRA_ROUNDS times: on a quiet machine they agree
+# and calibration costs what two rounds cost.
+SETTLED = 0.1
+EXTRA_ROUNDS = 3
+# Refit after this many new observed batches, over at most this many: often
+# enough that a badly calibrated model is corrected within a few dozen
+# batches, while a fit (well under a millisecond) stays rare next to them.
+REFIT_EVERY = 8
+HISTORY = 256
+# The robust fit: a point's relative error is measured in units of the
+# median error (at least FLOOR, the jitter of a quiet machine); points past
+# CUTOFF units get no weight (Tukey's biweight), after ROBUST_ROUNDS passes.
+FLOOR = 0.05
+CUTOFF = 4.685
+ROBUST_ROUNDS = 8
+
+
+def measure(timed, shapes=CALIBRATION_SHAPES) -> list[tuple[int, int, float]]:
+    """(items, length, seconds) per shape: the fastest timing of `timed(items, length)`.
+
+    A forward pass is deterministic, so its fastest timing is the one least
+    disturbed by the rest of the machine; rounds go over all the shapes in
+    turn, so that one burst of load hits a shape once, not in every try.
+    """
+    times: dict[tuple[int, int], list[float]] = {shape: [] for shape in shapes}
+    for _ in range(CALIBRATION_ROUNDS):
+        for shape in times:
+            times[shape].append(timed(*shape))
+    for _ in range(EXTRA_ROUNDS):
+        unsettled = [shape for shape, seen in times.items() if not _settled(seen)]
+        if not unsettled:
+            break
+        for shape in unsettled:
+            times[shape].append(timed(*shape))
+    return [(items, length, min(seen)) for (items, length), seen in times.items()]
+
+
+def _settled(seen: list[float]) -> bool:
+    """The fastest timing is confirmed by a second one close to it."""
+    first, second = sorted(seen)[:2]
+    return second <= first * (1 + SETTLED)
 
 
 def features(items: int, length: int) -> np.ndarray:
@@ -65,22 +113,31 @@ class CostModel:
         return value
 
     def fit(self, samples) -> None:
-        """Least squares on relative error, every term kept non-negative."""
+        """Robust least squares on relative error, every term kept non-negative.
+
+        Iteratively reweighted: each pass weighs a point down by how far it
+        lies from the previous fit, relative to the median distance, so a
+        few timings spoilt by load (or a consistent majority of observed
+        batches against a wrong calibration) decide nothing alone.
+        """
         samples = list(samples)
         if len(samples) < 4:
             return
         x = np.array([features(c, n) for c, n, _ in samples])
         y = np.array([t for _, _, t in samples])
-        w = 1.0 / np.maximum(y, 1e-6)  # relative error: small batches matter as much
-        active = list(range(x.shape[1]))
-        coef = np.zeros(x.shape[1])
-        while active:  # drop negative terms until all that remain are >= 0
-            sol, *_ = np.linalg.lstsq(x[:, active] * w[:, None], y * w, rcond=None)
-            if (sol >= 0).all():
-                coef[:] = 0
-                coef[active] = sol
+        scale = 1.0 / np.maximum(y, 1e-6)  # relative error: small batches matter as much
+        weight = np.ones(len(y))
+        coef = _nonnegative_lstsq(x * scale[:, None], y * scale)
+        for _ in range(ROBUST_ROUNDS):
+            predicted = np.maximum(x @ coef, 1e-9)
+            error = y / predicted - 1.0
+            spread = max(FLOOR, 1.4826 * float(np.median(np.abs(error))))
+            u = error / (CUTOFF * spread)
+            previous, weight = weight, np.where(np.abs(u) < 1, (1 - u * u) ** 2, 0.0)
+            if np.count_nonzero(weight) < 4 or np.abs(weight - previous).max() < 0.01:
                 break
-            active.pop(int(np.argmin(sol)))
+            w = scale * weight
+            coef = _nonnegative_lstsq(x * w[:, None], y * w)
         if coef[0] <= 0 and coef[1] <= 0:
             return  # a degenerate fit would make every batch look free
         self._set(coef)
@@ -116,3 +173,16 @@ class CostModel:
         a, b, g, d = (float(v) for v in self.coef)
         return {"call_ms": round(a * 1e3, 3), "token_us": round(b * 1e6, 3),
                 "attention_ns": round(g * 1e9, 4), "large_batch_ps": round(d * 1e12, 5)}
+
+
+def _nonnegative_lstsq(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares with every coefficient >= 0: drop negative terms until none is left."""
+    active = list(range(x.shape[1]))
+    coef = np.zeros(x.shape[1])
+    while active:
+        sol, *_ = np.linalg.lstsq(x[:, active], y, rcond=None)
+        if (sol >= 0).all():
+            coef[active] = sol
+            break
+        active.pop(int(np.argmin(sol)))
+    return coef

@@ -16,7 +16,7 @@ from common.budget import check_encoded_budget, check_request_budget
 from common.errors import InferenceFailed, ServiceError
 from common.params import validate_parameters
 from model_store.store import default_parameters
-from tasks.costmodel import CALIBRATION_SHAPES, CostModel
+from tasks.costmodel import CALIBRATION_SHAPES, CostModel, measure
 from tasks.jobs import Job
 from tasks.planning import Item
 
@@ -116,16 +116,15 @@ def calibrate(lane: Lane, max_items: int, max_tokens: int) -> None:
     try:
         params = getattr(runner, "calibration_params", {})
         runner.run([runner.dummy_encoding(min(32, limit))] * 4, params)  # warm-up
-        samples = []
-        for items, length in CALIBRATION_SHAPES:
-            length = min(length, limit)
+
+        def timed(items: int, length: int) -> float:
             batch = [runner.dummy_encoding(length)] * items
-            times = []
-            for _ in range(2):
-                started = time.perf_counter()
-                runner.run(batch, params)
-                times.append(time.perf_counter() - started)
-            samples.append((items, length, min(times)))
+            started = time.perf_counter()
+            runner.run(batch, params)
+            return time.perf_counter() - started
+
+        shapes = list(dict.fromkeys((items, min(length, limit)) for items, length in CALIBRATION_SHAPES))
+        samples = measure(timed, shapes)
         lane.cost.calibrate(samples)
     except Exception:  # noqa: BLE001 - a model that cannot calibrate still serves
         log.exception("calibration of %s failed; batches will be as large as the caps allow", lane.model.model_id)
