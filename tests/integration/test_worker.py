@@ -39,12 +39,21 @@ def test_bad_setting_stops_the_worker_naming_the_variable(redis_url, model_dir):
 
 
 def test_health_follows_the_workers(redis_url, model_dir, log_dir):
-    """/health is 503 with a reason when no worker is alive, 200 when one is."""
+    """/health is 503 with a reason when no worker is alive, or none serves a model yet; 200 when one does."""
     url = redis_url.rsplit("/", 1)[0] + "/3"  # a database of its own: no other worker there
     settings = Settings(redis_url=url, model_dir=model_dir, heartbeat_s=0.5)
     client = create_app({"SETTINGS": settings}).test_client()
     body = client.get("/health")
     assert body.status_code == 503 and "no worker" in body.get_json()["message"]
+
+    idle = Worker("idle", service_env(url, model_dir, preload_models=""), log_dir).wait_ready()
+    try:
+        for path in ("/health", "/health/ready"):
+            body = client.get(path)
+            assert body.status_code == 503 and body.get_json()["workers"] == [idle.name], body.get_json()
+            assert "no worker serves a model yet: none asked for" in body.get_json()["message"]
+    finally:
+        assert idle.stop() == 0  # a warm shutdown leaves the registry
 
     w = Worker("health", service_env(url, model_dir, preload_models="minilm-b"), log_dir).wait_ready()
     try:

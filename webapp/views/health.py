@@ -2,9 +2,11 @@
 
 - `GET /health/live`: the process answers; no I/O, so a slow Redis never
   gets a live process restarted (Kubernetes' livenessProbe).
-- `GET /health/ready`: broker and result store answer and a worker is
-  alive; 503 with the reason while this process drains (SIGTERM) or the
-  service is degraded (Kubernetes' readinessProbe, a load balancer's check).
+- `GET /health/ready`: broker and result store answer and a live worker
+  serves at least one model (a worker still loading its models is not
+  ready: TorchServe #3047); 503 with the reason while this process drains
+  (SIGTERM) or the service is degraded (Kubernetes' readinessProbe, a load
+  balancer's check).
 - `GET /health`: the same as /health/ready (the original endpoint).
 """
 
@@ -30,7 +32,7 @@ def live():
 @bp.get("/health")
 @bp.get("/health/ready")
 def ready():
-    """200 when broker and result store answer and a worker is alive, else 503 with the reason."""
+    """200 when broker and result store answer and a live worker serves a model, else 503 with the reason."""
     if drain.is_draining():  # no I/O: the answer must not wait on a Redis that may be going away too
         return jsonify({"status": "draining", "message": DRAINING_MESSAGE}), 503
     svc = services()
@@ -53,6 +55,10 @@ def ready():
     for worker in workers:
         for model_id in worker.get("models", {}):
             models.setdefault(model_id, []).append(worker["name"])
+    if workers and not models:
+        changing = sorted({f"{m} {c.get('state')}" for w in workers for m, c in (w.get("changing") or {}).items()})
+        problems.append("no worker serves a model yet: " + (
+            ", ".join(changing) if changing else "none asked for (PRELOAD_MODELS, or POST /models/load)"))
     body = {
         "broker": "unreachable" if broker_problem else "ok",
         "result_backend": "unreachable" if results_problem else "ok",
