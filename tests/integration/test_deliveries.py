@@ -1,7 +1,8 @@
 """The Redis delivery protocol (common/deliveries.py) against a real Redis, and the pinned kombu and Celery.
 
-Each test works on queues and holders of its own names, so they share the
-session's server without interfering.
+The module has a Redis of its own: the session's server also serves live
+workers and webapps, whose reapers sweep the same beats and would take the
+stale holders these tests plant before the reapers under test do.
 """
 
 import threading
@@ -15,6 +16,14 @@ from kombu import Connection
 
 from common import envelope, protocol
 from common.deliveries import BEATS_KEY, Deliveries, Reaper, lists_of, new_holder
+from devtools.redis_server import EmbeddedRedis
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    """A private server: nothing else reaps here."""
+    with EmbeddedRedis() as server:
+        yield server.url
 
 
 @pytest.fixture
