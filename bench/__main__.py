@@ -7,6 +7,9 @@
    sentence of real English (CPython's pydoc_data.topics), cache bypassed;
 3. the same with batching off (MAX_BATCH_SIZE=1);
 4. the response cache: hit latency at each level, throughput with 30% repeats (bench/cache.py);
+5. the framework's own cost: a nearly free model against the HTTP floor, twice,
+   with py-spy flame graphs in bench/profiles/ (bench/framework.py);
+6. unloading a model: the RSS it gives back (bench/unload.py);
 then the ratios, a markdown table (bench/RESULTS.md), a PNG plot and the raw
 figures (bench/out/). CPU time per request is read for every process, so
 the report says where the CPU goes.
@@ -19,12 +22,10 @@ import datetime
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
@@ -32,53 +33,16 @@ import redis
 
 from bench.cache import measure_cache
 from bench.cache import report as cache_report
+from bench.framework import measure_framework
+from bench.framework import report as framework_report
+from bench.harness import OUT, Progress, cpu_seconds, run_wrk, tree
 from bench.load import sentences
+from bench.unload import measure_unload
+from bench.unload import report as unload_report
 from bench.validation_cost import report as validation_report
 from common.protocol import batch_stats_key
 from devtools.processes import PYTHON, ROOT, Webapp, Worker, service_env
 from devtools.redis_server import EmbeddedRedis
-
-OUT = ROOT / "bench" / "out"
-LUA = ROOT / "bench" / "predict.lua"
-
-
-class Progress:
-    def __init__(self, total: int):
-        self.total, self.step, self.started = total, 0, time.monotonic()
-
-    def __call__(self, text: str) -> None:
-        self.step += 1
-        print(f"[{self.step:>2}/{self.total}] {time.monotonic() - self.started:6.0f}s  {text}", flush=True)
-
-
-def cpu_seconds(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for proc in procs:
-        try:
-            times = proc.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
-
-
-def tree(pid: int) -> list[psutil.Process]:
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
-
-
-def run_wrk(url: str, bodies: Path, clients: int, seconds: float, offset: int) -> tuple[dict, float]:
-    """One closed-loop level; returns wrk's summary and wrk's own CPU seconds."""
-    summary = OUT / f"wrk-{clients}.json"
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(
-        ["wrk", "-t1", f"-c{clients}", f"-d{seconds:.0f}s", "--timeout", "60s", "-s", str(LUA), url,
-         "--", str(bodies), str(offset)],
-        env=dict(os.environ, WRK_OUT=str(summary)), check=True, capture_output=True,
-    )
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wrk_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return json.loads(summary.read_text()), wrk_cpu
 
 
 def batch_counters(client: redis.Redis, model_id: str) -> tuple[float, float, float]:
@@ -271,6 +235,9 @@ def main(argv=None) -> int:
     parser.add_argument("--levels", default="1,8,32,64", help="concurrent clients (default 1,8,32,64)")
     parser.add_argument("--skip-off", action="store_true", help="do not measure with batching off")
     parser.add_argument("--skip-cache", action="store_true", help="do not measure the response cache")
+    parser.add_argument("--skip-framework", action="store_true",
+                        help="do not measure the framework's cost against the HTTP floor")
+    parser.add_argument("--skip-unload", action="store_true", help="do not measure unloading")
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"), help="markdown report path")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
@@ -278,7 +245,8 @@ def main(argv=None) -> int:
         return 2
     levels = [int(x) for x in args.levels.split(",")]
     configs = [("on", {})] + ([] if args.skip_off else [("off", {"max_batch_size": 1})])
-    progress = Progress(3 + len(configs) * len(levels) + (0 if args.skip_cache else 3))
+    progress = Progress(3 + len(configs) * len(levels) + (0 if args.skip_cache else 3)
+                        + (0 if args.skip_framework else 2 * 4 + 1) + (0 if args.skip_unload else 2))
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     OUT.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="atf-bench-"))
@@ -301,18 +269,28 @@ def main(argv=None) -> int:
         progress(f"in-process ceiling {ceiling['ceiling_texts_per_s']:.1f} texts/s (batches of "
                  f"{ceiling['ceiling_batch']}), single forward p50 {ceiling['single_p50_ms']:.1f} ms")
         rows = []
-        cache = None
+        cache = framework = unload = None
         with EmbeddedRedis() as server:
             for name, settings in configs:
                 rows += measure_config(name, settings, server, model_dir, bodies, levels, args.duration,
                                        progress, work)
             if not args.skip_cache:
                 cache = measure_cache(server.url, model_dir, texts, work, run_wrk, args.duration, progress)
-        (OUT / "results.json").write_text(json.dumps({"ceiling": ceiling, "rows": rows, "cache": cache}, indent=1))
+            if not args.skip_framework:  # twice, for the noise; the profiles during the second
+                framework = [measure_framework(server, model_dir, texts, work, min(args.duration, 10), progress,
+                                               profile_s=15 if run else 0) for run in range(2)]
+            if not args.skip_unload:
+                unload = measure_unload(server, model_dir, work, progress)
+        (OUT / "results.json").write_text(json.dumps({"ceiling": ceiling, "rows": rows, "cache": cache,
+                                                         "framework": framework, "unload": unload}, indent=1))
         plot(rows, ceiling, ROOT / "bench" / "bench.png")
         text = report(rows, ceiling, args, started)
         if cache is not None:
             text += "\n" + "\n".join(cache_report(cache))
+        if framework is not None:
+            text += "\n" + "\n".join(framework_report(framework))
+        if unload is not None:
+            text += "\n" + "\n".join(unload_report(unload))
         text += "\n" + "\n".join(validation_report())
         Path(args.results).write_text(text)
         progress(f"wrote {args.results}, bench/bench.png, {OUT / 'results.json'}")

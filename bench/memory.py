@@ -35,7 +35,8 @@ import orjson
 import redis
 import requests
 
-from bench.__main__ import Progress, cpu_model
+from bench.__main__ import cpu_model
+from bench.harness import Progress
 from bench.load import sentences
 from common import protocol
 from common.cache import CACHE_PREFIX

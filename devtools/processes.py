@@ -117,15 +117,20 @@ class Worker:
 
 
 class Webapp:
-    """A real `gunicorn 'webapp:create_app()'` on a free port (gunicorn.conf.py applies)."""
+    """A real `gunicorn 'webapp:create_app()'` on a free port (gunicorn.conf.py applies).
 
-    def __init__(self, env: dict, log_dir: Path, *extra_args: str):
+    `app` serves another WSGI app under the same settings (bench/floor.py).
+    """
+
+    def __init__(self, env: dict, log_dir: Path, *extra_args: str, app: str = "webapp:create_app()",
+                 ready_path: str = "/openapi.json"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_dir) / f"webapp-{self.port}.log"
         self._log = open(self.log_path, "w")
+        self.ready_path = ready_path
         self.process = subprocess.Popen(
-            [PYTHON, "-m", "gunicorn", "webapp:create_app()", "--bind", f"127.0.0.1:{self.port}", *extra_args],
+            [PYTHON, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{self.port}", *extra_args],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -135,7 +140,7 @@ class Webapp:
             if self.process.poll() is not None:
                 raise ServiceFailed(f"webapp exited:\n{self.log_path.read_text()[-3000:]}")
             try:
-                urllib.request.urlopen(self.url + "/openapi.json", timeout=1).close()
+                urllib.request.urlopen(self.url + self.ready_path, timeout=1).close()
                 return self
             except OSError:
                 time.sleep(0.2)

@@ -1,0 +1,259 @@
+"""The framework's own cost: the service with a model whose forward is nearly free, against the HTTP floor.
+
+`python -m bench.framework` (also a section of `python -m bench`):
+
+1. the HTTP floor — bench/floor.py, a Flask app under the same gunicorn
+   settings answering the same POST with no work;
+2. the service with `tiny-embed`, a ~1 MB random BERT served as feature
+   extraction (2 layers, 32 wide: its forward costs a fraction of a ms),
+   cache bypassed, unique sentences;
+each at 1 and 64 clients with wrk, with the CPU time per request of every
+process; then py-spy flame graphs (SVG) of the webapp and the worker under
+the 64-client load, in bench/profiles/ (with --profile).
+
+SPEC §11: at 64 clients ≥ 0.6 × the floor; one client p50 ≤ 2 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from bench.harness import OUT, Progress, cpu_seconds, run_wrk, tree
+from bench.load import sentences
+from devtools.processes import PYTHON, ROOT, Webapp, Worker, service_env
+from devtools.redis_server import EmbeddedRedis
+
+MODEL = "tiny-embed"
+PROFILES = ROOT / "bench" / "profiles"
+LEVELS = (1, 64)
+
+
+def build_tiny_embed(model_dir: Path) -> None:
+    """A random BERT with minilm's tokenizer, saved as a feature-extraction model."""
+    from model_store import tiny
+
+    minilm = model_dir / "minilm"
+    if not minilm.exists():
+        subprocess.run([PYTHON, "-m", "model_store", "build-demo", "minilm"], cwd=ROOT, check=True,
+                       env=dict(os.environ, MODEL_DIR=str(model_dir)), stdout=subprocess.DEVNULL)
+    target = model_dir / MODEL
+    if not target.exists():
+        tiny._bert("BertModel", target, minilm, vocab_size=30522)
+
+
+def write_bodies(texts: list[str], path: Path) -> Path:
+    with open(path, "w") as f:
+        for text in texts:
+            f.write(json.dumps({"model_id": MODEL, "inputs": text, "options": {"use_cache": False}}) + "\n")
+    return path
+
+
+def latency_phases(url: str, redis_url: str, texts: list[str], count: int = 300) -> dict:
+    """Where one client's request spends its time, from the job records' clocks (medians, ms).
+
+    accept: from sending the request to the job's record (parse, validate,
+    cache lookup); queue: record to the start of its batch (the broker, the
+    worker's fetch, the start script); run: start to the result stored
+    (tokenize, forward, pool, encode, store), of which forward is the
+    worker's own timing of the model call; answer: stored to the answer in
+    the client's hands (notification, the waiting thread, the response).
+    """
+    import http.client
+    import statistics
+    import time
+    from urllib.parse import urlsplit
+
+    import redis
+
+    from common import protocol
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port)
+    client = redis.Redis.from_url(redis_url)
+    stats_key = protocol.batch_stats_key(MODEL)
+    before = client.hgetall(stats_key)
+    timed = []
+    for text in texts[:count]:
+        body = json.dumps({"model_id": MODEL, "inputs": text, "options": {"use_cache": False}})
+        sent = time.time()
+        conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+        answer = json.loads(conn.getresponse().read())
+        timed.append((sent, time.time(), answer["job_id"]))
+    after = client.hgetall(stats_key)
+    conn.close()
+    phases = {"accept": [], "queue": [], "run": [], "answer": [], "total": []}
+    for sent, received, job_id in timed:
+        record = client.hgetall(protocol.job_key(job_id))
+        created, started, finished = (float(record[k]) for k in (b"created_at", b"started_at", b"finished_at"))
+        for name, value in (("accept", created - sent), ("queue", started - created), ("run", finished - started),
+                            ("answer", received - finished), ("total", received - sent)):
+            phases[name].append(value)
+    medians = {name: 1000 * statistics.median(values) for name, values in phases.items()}
+    batches = float(after.get(b"batches", 0)) - float(before.get(b"batches", 0))
+    forward = float(after.get(b"forward_seconds", 0)) - float(before.get(b"forward_seconds", 0))
+    medians["forward_mean"] = 1000 * forward / batches if batches else 0.0
+    return medians
+
+
+def profile(pid: int, seconds: float, svg: Path) -> subprocess.Popen:
+    """py-spy on a process tree (gunicorn's master and its workers, or the Celery worker)."""
+    return subprocess.Popen(
+        [str(Path(PYTHON).with_name("py-spy")), "record", "--pid", str(pid), "--subprocesses", "--idle",
+         "--duration", f"{seconds:.0f}", "--rate", "200", "--format", "flamegraph", "--output", str(svg)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def measure(name: str, url: str, procs: dict, bodies: Path, seconds: float, progress, offset: int) -> list[dict]:
+    rows = []
+    run_wrk(url, bodies, 8, 2, 0)  # warm-up: connections, threads
+    for i, clients in enumerate(LEVELS):
+        live = {k: tree(pid) for k, pid in procs.items()}
+        cpu0 = {k: cpu_seconds(v) for k, v in live.items()}
+        summary, wrk_cpu = run_wrk(url, bodies, clients, seconds, offset + 3000 * (i + 1))
+        cpu1 = {k: cpu_seconds(v) for k, v in live.items()}
+        requests = summary["requests"]
+        cpu = {k: 1000 * (cpu1[k] - cpu0[k]) / max(requests, 1) for k in live}
+        cpu["wrk"] = 1000 * wrk_cpu / max(requests, 1)
+        row = {"system": name, "clients": clients, "requests": requests,
+               "errors": summary["socket_errors"] + summary["non_2xx"],
+               "rps": requests / (summary["duration_us"] / 1e6), "p50_ms": summary["p50_us"] / 1000,
+               "p99_ms": summary["p99_us"] / 1000, "cpu_ms_per_request": cpu}
+        rows.append(row)
+        progress(f"{name:<8} {clients:>2} clients: {row['rps']:7.1f} req/s, p50 {row['p50_ms']:6.2f} ms, "
+                 f"CPU/request {sum(cpu.values()):.2f} ms, errors {row['errors']}")
+    return rows
+
+
+def measure_framework(redis_server, model_dir: Path, texts: list[str], work: Path, seconds: float,
+                      progress, profile_s: float = 0) -> dict:
+    build_tiny_embed(model_dir)
+    bodies = write_bodies(texts, work / "tiny-bodies.jsonl")
+    env = service_env(redis_server.url, model_dir, preload_models=MODEL)
+    floor = Webapp(env, work, app="bench.floor:app", ready_path="/health/live").wait_ready()
+    try:
+        rows = measure("floor", floor.url, {"webapp": floor.process.pid}, bodies, seconds, progress, 0)
+    finally:
+        floor.stop()
+    worker = Worker("bench-tiny", env, work).wait_ready()
+    webapp = Webapp(env, work).wait_ready()
+    profiles = {}
+    try:
+        procs = {"webapp": webapp.process.pid, "worker": worker.process.pid, "redis": redis_server.process.pid}
+        rows += measure("service", webapp.url, procs, bodies, seconds, progress, 20000)
+        phases = latency_phases(webapp.url, redis_server.url, texts[-400:])
+        if profile_s:
+            profiles = record_profiles(webapp, worker, bodies, profile_s)
+            progress(f"profiles: {', '.join(str(p.relative_to(ROOT)) for p in profiles.values())}")
+    finally:
+        webapp.stop()
+        worker.stop()
+    return {"rows": rows, "phases": phases,
+            "profiles": {k: str(v.relative_to(ROOT)) for k, v in profiles.items()}}
+
+
+def record_profiles(webapp: Webapp, worker: Worker, bodies: Path, seconds: float) -> dict[str, Path]:
+    """Flame graphs of both processes while 64 clients load them."""
+    PROFILES.mkdir(parents=True, exist_ok=True)
+    out = {"webapp": PROFILES / "webapp.svg", "worker": PROFILES / "worker.svg"}
+    spies = {k: profile(pid, seconds, out[k]) for k, pid in
+             (("webapp", webapp.process.pid), ("worker", worker.process.pid))}
+    load = threading.Thread(target=run_wrk, args=(webapp.url, bodies, 64, seconds + 2, 50000))
+    load.start()
+    for name, spy in spies.items():
+        _, err = spy.communicate(timeout=seconds + 60)
+        if spy.returncode != 0:
+            raise RuntimeError(f"py-spy on the {name} failed: {err.decode()[-500:]}")
+    load.join()
+    return out
+
+
+def report(runs: list[dict]) -> list[str]:
+    """The targets per run (two runs show the noise), the rows, the profiles."""
+    lines = [
+        "## Framework cost: a nearly free model against the HTTP floor",
+        "",
+        f"`python -m bench.framework`: `{MODEL}` (a random BERT, 2 layers, 32 wide, served as feature "
+        "extraction: its forward is nearly free) through HTTP `/predict`, cache bypassed, unique sentences; "
+        "the floor is bench/floor.py, Flask under the same gunicorn settings answering the same POST with no "
+        f"work. {len(runs)} run(s), one after the other, to show the noise.",
+        "",
+        "| target | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " |",
+        "|---|" + "---|" * len(runs),
+    ]
+    ratios, p50s = [], []
+    for result in runs:
+        rows = {(r["system"], r["clients"]): r for r in result["rows"]}
+        ratios.append((rows[("service", 64)]["rps"], rows[("floor", 64)]["rps"]))
+        p50s.append(rows[("service", 1)]["p50_ms"])
+    lines.append("| 64 clients ≥ 0.6 × the HTTP floor | " + " | ".join(
+        f"{ours:.0f} / {floor:.0f} = **{ours / floor:.2f}×** ({'met' if ours / floor >= 0.6 else 'missed'})"
+        for ours, floor in ratios) + " |")
+    lines.append("| 1 client p50 ≤ 2 ms | " + " | ".join(
+        f"**{p50:.2f} ms** ({'met' if p50 <= 2 else 'missed'})" for p50 in p50s) + " |")
+    lines += [
+        "",
+        "| run | system | clients | req/s | p50 ms | p99 ms | errors | CPU ms/request: webapp · worker · redis "
+        "· wrk | total |",
+        "|---:|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for i, result in enumerate(runs):
+        for r in result["rows"]:
+            cpu = r["cpu_ms_per_request"]
+            parts = " · ".join(f"{cpu[k]:.2f}" if k in cpu else "–" for k in ("webapp", "worker", "redis", "wrk"))
+            lines.append(f"| {i + 1} | {r['system']} | {r['clients']} | {r['rps']:.0f} | {r['p50_ms']:.2f} "
+                         f"| {r['p99_ms']:.2f} | {r['errors']} | {parts} | {sum(cpu.values()):.2f} |")
+    lines += [
+        "",
+        "Where one client's request goes (medians of 300 sequential requests, ms, from the clocks on each job's "
+        "record: *accept* = the webapp up to the job's record, *queue* = record to the start of its batch, "
+        "*run* = start to result stored, of which *forward* is the worker's timing of the model call (mean), "
+        "*answer* = result stored to the answer received):",
+        "",
+        "| run | accept | queue | run | of which forward | answer | total |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, result in enumerate(runs):
+        p = result["phases"]
+        lines.append(f"| {i + 1} | {p['accept']:.2f} | {p['queue']:.2f} | {p['run']:.2f} | {p['forward_mean']:.2f} "
+                     f"| {p['answer']:.2f} | {p['total']:.2f} |")
+    profiles = [result["profiles"] for result in runs if result.get("profiles")]
+    if profiles:
+        lines += ["", "Flame graphs under the 64-client load (py-spy, all threads, idle ones included): "
+                  + ", ".join(f"[{k}]({Path(v).relative_to('bench')})" for k, v in profiles[-1].items()) + "."]
+    return lines + [""]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.framework", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10, help="seconds per level (default 10)")
+    parser.add_argument("--profile", type=float, default=0, help="seconds of py-spy profiles (default none)")
+    parser.add_argument("--runs", type=int, default=1, help="measure this many times (default 1)")
+    args = parser.parse_args(argv)
+    if not shutil.which("wrk"):
+        print("bench needs wrk (apt-get install wrk)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="atf-bench-"))
+    progress = Progress(args.runs * 2 * len(LEVELS) + (1 if args.profile else 0))
+    try:
+        with EmbeddedRedis() as server:
+            runs = [measure_framework(server, work / "models", sentences(), work, args.duration, progress,
+                                      args.profile if run == args.runs - 1 else 0) for run in range(args.runs)]
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "framework.json").write_text(json.dumps(runs, indent=1))
+        print("\n".join(report(runs)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
