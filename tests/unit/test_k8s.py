@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import re
 import runpy
+import shutil
+import subprocess
 
 import jsonschema
 import kubernetes_validate
@@ -111,6 +113,18 @@ def test_kustomization_applies_every_manifest_but_the_secret_example():
     assert sorted(listed) == sorted(p.name for p in _manifest_files() if p.name != SECRET_EXAMPLE)
     assert all(doc["metadata"]["namespace"] == kustomization["namespace"]
                for _, doc in DOCUMENTS if doc["kind"] != "Namespace")
+
+
+def test_kustomize_builds_the_listed_objects():
+    """kustomize (kubectl's own, where kubectl is installed) builds exactly the listed objects."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (the schema tests do not need it)")
+    out = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    built = sorted((d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(out.stdout) if d)
+    expected = sorted((d["kind"], d["metadata"]["name"]) for n, d in DOCUMENTS if n != SECRET_EXAMPLE)
+    assert built == expected
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
