@@ -169,7 +169,8 @@ class Cluster:
 
     def __init__(self, workers: int = 2, model_dir: Path | str = ROOT / "models", preload: str = "",
                  prefix: str = "atf", subnet: str | None = None, run_dir: Path | str = RUN_DIR,
-                 worker_settings: dict | None = None, web_settings: dict | None = None, **settings):
+                 worker_settings: dict | None = None, web_settings: dict | None = None,
+                 ready_timeout: float = 180.0, **settings):
         if len(prefix) > 4 or not prefix.isalnum():
             raise ValueError("prefix: at most 4 letters or digits (interface names are short)")
         self.workers = workers
@@ -181,6 +182,7 @@ class Cluster:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.tag = f"{prefix}{uuid.uuid4().hex[:5]}"
         self.requested_subnet = subnet
+        self.ready_timeout = ready_timeout  # seconds a worker may take to load its PRELOAD_MODELS
         self.state: State | None = None
         self._logs: dict[str, object] = {}
         self.processes: dict[str, subprocess.Popen] = {}
@@ -323,8 +325,9 @@ class Cluster:
         raw = redis.Redis.from_url(self.redis_url, socket_timeout=5).hget(WORKERS_KEY, self.worker_name(role))
         return json.loads(raw) if raw else None
 
-    def wait_worker(self, role: str, timeout: float = 180.0) -> None:
+    def wait_worker(self, role: str, timeout: float | None = None) -> None:
         """Return once the worker on `role` is registered and serves its PRELOAD_MODELS."""
+        timeout = timeout or self.ready_timeout
         preload = [m for m in str(self.settings.get("preload_models") or "").split(",") if m]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
