@@ -33,6 +33,7 @@ import redis
 from bench.cache import measure_cache
 from bench.cache import report as cache_report
 from bench.load import sentences
+from bench.scaling import section_of
 from bench.validation_cost import report as validation_report
 from common.protocol import batch_stats_key
 from devtools.processes import PYTHON, ROOT, Webapp, Worker, service_env
@@ -314,7 +315,9 @@ def main(argv=None) -> int:
         if cache is not None:
             text += "\n" + "\n".join(cache_report(cache))
         text += "\n" + "\n".join(validation_report())
-        Path(args.results).write_text(text)
+        results = Path(args.results)
+        kept = section_of(results.read_text()) if results.exists() else ""  # `make bench-scaling`'s
+        results.write_text(text.rstrip("\n") + "\n\n" + kept if kept else text)
         progress(f"wrote {args.results}, bench/bench.png, {OUT / 'results.json'}")
         print()
         print(text)
