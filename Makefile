@@ -6,7 +6,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test faults install install-dev compose-tool bench clean
+.PHONY: run test faults install install-dev compose-tool bench bench-scaling clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ faults: install-dev
 bench: install-dev
 	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install wrk" >&2; exit 2; }
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Throughput against worker hosts (network namespaces: needs root and wrk); rewrites only the
+# scaling section of bench/RESULTS.md.
+bench-scaling: install-dev
+	@command -v wrk >/dev/null || { echo "make bench-scaling needs wrk: apt-get install wrk" >&2; exit 2; }
+	$(PY) -m bench.scaling $(SCALING_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

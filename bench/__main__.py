@@ -37,6 +37,7 @@ from bench.framework import measure_framework
 from bench.framework import report as framework_report
 from bench.harness import OUT, Progress, cpu_seconds, run_wrk, tree
 from bench.load import sentences
+from bench.scaling import section_of
 from bench.unload import measure_unload
 from bench.unload import report as unload_report
 from bench.validation_cost import report as validation_report
@@ -292,7 +293,9 @@ def main(argv=None) -> int:
         if unload is not None:
             text += "\n" + "\n".join(unload_report(unload))
         text += "\n" + "\n".join(validation_report())
-        Path(args.results).write_text(text)
+        results = Path(args.results)
+        kept = section_of(results.read_text()) if results.exists() else ""  # `make bench-scaling`'s
+        results.write_text(text.rstrip("\n") + "\n\n" + kept if kept else text)
         progress(f"wrote {args.results}, bench/bench.png, {OUT / 'results.json'}")
         print()
         print(text)

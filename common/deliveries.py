@@ -110,12 +110,12 @@ class Deliveries:
         self._reap = client.register_script(lua.source("reap"))
 
     def fetch(self, holder: str, wants: list[tuple[str, int]], first_tag: int) -> list[Delivery]:
-        """Take up to `count` messages from each `(queue, count)` into `holder`'s deliveries."""
+        """Take up to `count` messages from each `(queue, count)` into `holder`'s deliveries (none once it is dead)."""
         wants = [(queue, count) for queue, count in wants if count > 0]
         if not wants:
             return []
         keys = [deliveries_key(holder)] + [key for queue, _ in wants for key in lists_of(queue)]
-        args = [first_tag, len(KOMBU_PRIORITY_STEPS)] + [count for _, count in wants]
+        args = [first_tag, len(KOMBU_PRIORITY_STEPS)] + [count for _, count in wants] + [TOMBSTONE_PREFIX + holder]
         flat = self._fetch(keys=keys, args=args)
         out = []
         for i in range(0, len(flat), 3):

@@ -2,6 +2,7 @@
 
     python -m model_store list
     python -m model_store build-demo [MODEL_ID ...]
+    python -m model_store build-stand-in MODEL_ID --forward-ms 150   (benchmarks: model_store/standin.py)
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="list the models in the store")
     build = sub.add_parser("build-demo", help="build the demo models (once; later runs keep them)")
     build.add_argument("models", nargs="*", help="only these demo models")
+    stand_in = sub.add_parser("build-stand-in", help="a benchmark's stand-in model: each batch lasts --forward-ms")
+    stand_in.add_argument("model_id")
+    stand_in.add_argument("--forward-ms", type=float, required=True, help="milliseconds each batch lasts")
     args = parser.parse_args(argv)
     try:
         settings = get_settings()
@@ -53,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     root = settings.model_dir if args.model_dir is None else Path(args.model_dir)
     if args.command == "list":
         return cmd_list(ModelStore(root))
+    if args.command == "build-stand-in":
+        from model_store.standin import build_stand_in
+
+        build_demo(root, ["minilm"])  # its tokenizer
+        build_stand_in(root / args.model_id, root / "minilm", args.forward_ms / 1000)
+        print(f"{args.model_id}: stand-in model, {args.forward_ms:g} ms per batch, in {root}")
+        return 0
     build_demo(root, args.models or None)
     return 0
 

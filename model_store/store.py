@@ -149,7 +149,9 @@ def describe_dir(model_id: str, path: Path) -> ModelInfo:
         fingerprint=fingerprint(path),
         mask_token=_mask_token(path),
         num_beams=_declared_num_beams(path, config),
-        extra={"architectures": config.get("architectures") or [], "model_type": config.get("model_type")},
+        extra={"architectures": config.get("architectures") or [], "model_type": config.get("model_type"),
+               # a benchmark's stand-in (model_store/standin.py): seconds each batch lasts
+               "stand_in_forward_s": config.get("atf_stand_in_forward_s")},
     )
 
 

@@ -29,7 +29,7 @@ from tasks.jobs import Job
 from tasks.lane_changes import LaneChanges
 from tasks.lanes import Lane, calibrate, encode
 from tasks.planning import Item, plan_batch, run_isolating
-from tasks.reporting import CANCELLED, FINISHED_ELSEWHERE, KILLS_WORKERS, RERUN, RUN_ALONE
+from tasks.reporting import CANCELLED, FINISHED_ELSEWHERE, GIVEN_BACK, KILLS_WORKERS, RERUN, RUN_ALONE
 
 log = logging.getLogger(__name__)
 
@@ -400,8 +400,8 @@ class Batcher(LaneChanges):
         A job that was started before and never finished (its worker died,
         maybe of it) runs in a batch of its own, so a poison job takes no
         other job down with it again; one started MAX_DELIVERIES times fails
-        with worker_lost. Cancelled jobs, and jobs another worker finished,
-        do not run.
+        with worker_lost. Cancelled jobs, jobs another worker finished, and
+        jobs of a holder declared dead meanwhile (given back) do not run.
         """
         jobs = list(dict.fromkeys(j for it in batch for j in it.jobs()))
         fresh = [job for job in jobs if job.started_at is None and not job.done]
@@ -416,7 +416,7 @@ class Batcher(LaneChanges):
         for job, verdict in zip(fresh, verdicts):
             if verdict == CANCELLED:
                 job.cancelled = True
-            elif verdict == FINISHED_ELSEWHERE:
+            elif verdict in (FINISHED_ELSEWHERE, GIVEN_BACK):
                 job.skipped = True
             elif verdict == KILLS_WORKERS:
                 job.fail(WorkerLost(

@@ -33,7 +33,7 @@ import redis
 
 from common import batchstats, logcontext, lua, protocol
 from common.batchstats import BatchStats
-from common.deliveries import deliveries_key
+from common.deliveries import TOMBSTONE_PREFIX, deliveries_key
 from common.errors import ServiceError
 from tasks.jobs import Job
 
@@ -48,7 +48,7 @@ STOP_RETRY_S = 10.0
 EVENT_FLUSH_S = 0.05
 
 # What start_jobs.lua says of each job, just before its batch runs.
-RUN, RUN_ALONE, CANCELLED, FINISHED_ELSEWHERE, KILLS_WORKERS, RERUN = 1, 2, 0, -1, -2, 3
+RUN, RUN_ALONE, CANCELLED, FINISHED_ELSEWHERE, KILLS_WORKERS, RERUN, GIVEN_BACK = 1, 2, 0, -1, -2, 3, -3
 
 
 class Reporter:
@@ -62,6 +62,8 @@ class Reporter:
         self._start_jobs = self.redis.register_script(lua.source("start_jobs"))
         self._store_results = self.redis.register_script(lua.source("store_results"))
         self.source = source  # acks and hands back the jobs it delivered (tasks/sources.py)
+        # Starts are fenced by their holder's tombstone where it lives in this Redis (common/deliveries.py).
+        self.fenced = getattr(source, "kind", "") == "redis" and getattr(source, "acks_with_results", False)
         self._task_name = task_name
         self._events: deque = deque()  # (type, timestamp, fields) to publish
         self._finished: queue.SimpleQueue = queue.SimpleQueue()
@@ -102,12 +104,15 @@ class Reporter:
         worker died running it before. RUN_ALONE: not started, it must run in
         a batch of its own (`alone`: the batch is that one job).
         CANCELLED, FINISHED_ELSEWHERE, KILLS_WORKERS: it must not run
-        (common/lua/start_jobs.lua).
+        (common/lua/start_jobs.lua). GIVEN_BACK: neither, the holder was
+        declared dead meanwhile (a start sent before a cut link or a pause
+        reaches Redis after the reaper gave its jobs back): another worker runs them.
         """
         now = time.time()
         reply = self._retrying(lambda: self._start_jobs(
             keys=[protocol.job_key(j.id) for j in jobs],
-            args=[repr(now), holder, self.max_deliveries, self.ttl, "1" if alone else "0"]))
+            args=[repr(now), holder, self.max_deliveries, self.ttl, "1" if alone else "0",
+                  *[TOMBSTONE_PREFIX + j.holder if self.fenced and j.holder else "" for j in jobs]]))
         verdicts, created = ([int(v) for v in reply[0]], reply[1]) if reply is not None else \
             ([RUN] * len(jobs), [b""] * len(jobs))
         for job, verdict, created_at in zip(jobs, verdicts, created):

@@ -5,11 +5,18 @@
 -- KEYS[1]   the holder's deliveries (hash: tag -> list key .. "\n" .. message)
 -- KEYS[2..] the lists to take from: PER consecutive keys per queue, in
 --           the order kombu's Redis transport reads them (priority lists)
--- ARGV[1]   the first tag to give; ARGV[2] PER; ARGV[3..] messages wanted per queue
--- Returns {tag, list, message, tag, list, message, ...}, oldest first.
+-- ARGV[1]   the first tag to give; ARGV[2] PER; ARGV[3..] messages wanted per queue;
+--           then the holder's tombstone key
+-- Returns {tag, list, message, tag, list, message, ...}, oldest first; nothing
+-- when the holder was declared dead: a fetch sent before its link was cut
+-- and received after the reaper ran would fill a hash nobody reaps again.
 local tag = tonumber(ARGV[1])
 local per = tonumber(ARGV[2])
 local out = {}
+local tombstone = ARGV[3 + (#KEYS - 1) / per]
+if tombstone and tombstone ~= '' and redis.call('EXISTS', tombstone) == 1 then
+  return out
+end
 local queue = 0
 for first = 2, #KEYS, per do
   queue = queue + 1

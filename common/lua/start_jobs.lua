@@ -2,7 +2,9 @@
 --
 -- KEYS   the jobs' records (atf:job:<id>)
 -- ARGV[1] time; ARGV[2] the holder starting them; ARGV[3] MAX_DELIVERIES; ARGV[4] record ttl (s);
--- ARGV[5] '1' when the batch holds these jobs alone (one job), else '0'
+-- ARGV[5] '1' when the batch holds these jobs alone (one job), else '0';
+-- ARGV[5 + i] the tombstone key of the holder that fetched job i ('' when it
+--   is not held through common/deliveries.py)
 -- Returns {verdicts, enqueue times}: per job its record's created_at ('' without one), and its verdict:
 --   1  run it (it is started now)
 --   3  run it (it is started now, alone, again: a worker died running it before)
@@ -12,13 +14,18 @@
 --   0  cancelled before it started: do not run
 --  -1  a result is stored already (another worker finished it): do not run
 --  -2  started MAX_DELIVERIES times without finishing: it kills workers; fail it
+--  -3  the holder was declared dead (its link was cut, it was paused): its
+--      jobs are back in their queues and it starts none of them any more
 -- A job without a record (sent by a plain Celery client) gets one.
 local out = {}
 local created = {}
 for i, key in ipairs(KEYS) do
   created[i] = redis.call('HGET', key, 'created_at') or ''
   local status = redis.call('HGET', key, 'status')
-  if status == 'cancelled' then
+  local tombstone = ARGV[5 + i] or ''
+  if tombstone ~= '' and redis.call('EXISTS', tombstone) == 1 then
+    out[i] = -3
+  elseif status == 'cancelled' then
     out[i] = 0
   elseif status == 'succeeded' or status == 'failed' then
     out[i] = -1

@@ -41,6 +41,10 @@ def load_runner(info: ModelInfo, device: str, task: str | None = None) -> Runner
     """Load the model behind `info` onto `device` for `task` (default: its config's)."""
     task = task or info.task
     cls = runner_class(task or "")
+    if cls is not None and cls.task == "feature-extraction" and info.extra.get("stand_in_forward_s"):
+        from model_store.loader.standin import StandInRunner
+
+        cls = StandInRunner  # a benchmark's stand-in: each batch lasts a fixed time
     if cls is None:
         raise ValidationFailed(f"model {info.model_id!r} has task {task!r}, which this worker does not serve")
     log.info("loading %s (%s) on %s", info.model_id, task, device)

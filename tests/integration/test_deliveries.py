@@ -14,8 +14,8 @@ import redis
 from celery import Celery
 from kombu import Connection
 
-from common import envelope, protocol
-from common.deliveries import BEATS_KEY, Deliveries, Reaper, lists_of, new_holder
+from common import envelope, lua, protocol
+from common.deliveries import BEATS_KEY, TOMBSTONE_PREFIX, Deliveries, Reaper, lists_of, new_holder
 from devtools.redis_server import EmbeddedRedis
 
 
@@ -131,6 +131,26 @@ def test_the_reaper_requeues_the_records_of_jobs_the_dead_holder_was_running(cli
     assert client.hget(protocol.job_key(ids[0]), "status") == b"queued"
     assert client.hget(protocol.job_key(ids[0]), "started_at") is None
     assert client.hget(protocol.job_key(ids[1]), "status") == b"running"  # another worker took it since
+
+
+def test_a_holder_declared_dead_fetches_and_starts_nothing_more(client, deliveries, queue):
+    """Calls sent before its link was cut and received after the reaper ran: refused, nothing lost or run."""
+    ids = push(client, queue, 4)
+    holder = new_holder("w@test")
+    deliveries.beat(holder)
+    deliveries.fetch(holder, [(queue, 2)], first_tag=1)
+    client.hset(protocol.job_key(ids[0]), mapping={"status": "queued", "created_at": "1"})
+    client.zadd(BEATS_KEY, {holder: 1.0})
+    assert any(r.holder == holder for r in deliveries.reap(6.0))
+    assert deliveries.fetch(holder, [(queue, 4)], first_tag=3) == []  # the late fetch
+    assert deliveries.held(holder) == {} and queued_ids(client, queue) == ids
+    start = client.register_script(lua.source("start_jobs"))
+    tombstone = TOMBSTONE_PREFIX + holder
+    verdicts, _ = start(keys=[protocol.job_key(ids[0])], args=["2", holder, 3, 60, "0", tombstone])
+    assert verdicts == [-3] and client.hget(protocol.job_key(ids[0]), "status") == b"queued"  # the late start
+    alive = new_holder("w@test")
+    verdicts, _ = start(keys=[protocol.job_key(ids[0])], args=["2", alive, 3, 60, "0", TOMBSTONE_PREFIX + alive])
+    assert verdicts == [1] and client.hget(protocol.job_key(ids[0]), "holder") == alive.encode()
 
 
 def test_stock_kombu_reads_what_the_webapp_writes_and_what_is_handed_back(client, deliveries, redis_url, queue):
