@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import redis
 
 from common import lua, protocol
+from common.envelope import PRIORITY_STEPS, lists_of, queue_of
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,6 @@ TOMBSTONE_TTL_S = 7 * 86_400
 
 # A holder is dead after missing this many heartbeats in a row.
 MISSED_BEATS = 3
-
-# kombu's Redis transport keeps a queue's messages of priority 3, 6 and 9
-# in lists of their own, read after the plain list (kombu/transport/redis.py).
-KOMBU_PRIORITY_SEP = "\x06\x16"
-KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
 
 _REDIS_ERRORS = (redis.RedisError, OSError)
 
@@ -70,11 +66,6 @@ def worker_of(holder: str) -> str:
 
 def deliveries_key(holder: str) -> str:
     return DELIVERIES_PREFIX + holder
-
-
-def lists_of(queue: str) -> list[str]:
-    """The Redis lists kombu keeps for `queue`, in the order it reads them."""
-    return [queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEP}{step}" for step in KOMBU_PRIORITY_STEPS]
 
 
 def stale_after(heartbeat_s: float) -> float:
@@ -115,13 +106,11 @@ class Deliveries:
         if not wants:
             return []
         keys = [deliveries_key(holder)] + [key for queue, _ in wants for key in lists_of(queue)]
-        args = [first_tag, len(KOMBU_PRIORITY_STEPS)] + [count for _, count in wants] + [TOMBSTONE_PREFIX + holder]
+        args = [first_tag, len(PRIORITY_STEPS)] + [count for _, count in wants] + [TOMBSTONE_PREFIX + holder]
         flat = self._fetch(keys=keys, args=args)
         out = []
         for i in range(0, len(flat), 3):
-            list_key = flat[i + 1].decode()
-            out.append(Delivery(tag=flat[i].decode(), queue=list_key.split(KOMBU_PRIORITY_SEP, 1)[0],
-                                raw=flat[i + 2]))
+            out.append(Delivery(tag=flat[i].decode(), queue=queue_of(flat[i + 1].decode()), raw=flat[i + 2]))
         return out
 
     def ack(self, holder: str, tags: list[str]) -> None:

@@ -1,12 +1,28 @@
-"""kombu's Redis message envelope: written by the webapp, read by the workers.
+"""Celery's and kombu's wire format: the envelopes around a task's message and its result.
 
-A Celery task message on a Redis broker is one JSON document per list
-element: the body (base64), its content type, Celery's task headers and
-kombu's properties. The webapp writes it without going through kombu
-(`write`), and the workers read what they fetch from a queue (`read`) —
-whether the webapp or any other Celery client (`send_task`) sent it.
-This module is the only place that knows the format; the contract test
-(tests/integration/test_envelope.py) checks it against the pinned kombu.
+Where the service speaks Celery's or kombu's format itself (for speed:
+`send_task` and kombu's producer cost about a millisecond of CPU per job),
+it does so here and nowhere else:
+
+- **Task messages** on a Redis broker: one JSON document per list element
+  (the body in base64, its content type, Celery's task headers, kombu's
+  properties). The webapp writes them (`write`); the workers read what
+  they fetch (`read`, then `arguments`) whoever sent it — the webapp or
+  any Celery client's `send_task`.
+- **Queue lists**: kombu keeps a queue's messages of priority 3, 6 and 9
+  in lists of their own, read after the plain list (`lists_of`).
+- **Results**: the documents of Celery's Redis result backend, under
+  `celery-task-meta-<id>` (common/protocol.py `result_key`), which any
+  Celery client's `AsyncResult` reads: `success`, `failure` (and a
+  revoked job, stored as Celery stores one), `dumps`; the webapp reads
+  them back with `READY_STATES` and `error_fields`.
+
+Acks are not kombu's: the workers fetch from these lists through
+common/deliveries.py and never write kombu's `unacked` hash, so an ack
+(an HDEL in common/lua/store_results.lua) leaves kombu nothing to restore.
+
+tests/integration/test_wire_contract.py checks all of it against the
+pinned Celery and kombu: when Celery changes a header, that test says so.
 """
 
 from __future__ import annotations
@@ -15,6 +31,7 @@ import base64
 import binascii
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import orjson
 
@@ -22,9 +39,33 @@ from common import protocol
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
+# kombu/transport/redis.py: a queue's priority lists are `<queue>\x06\x16<step>`.
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
+
+# Celery's result states, and those after which a result no longer changes.
+SUCCESS, FAILURE, REVOKED = "SUCCESS", "FAILURE", "REVOKED"
+READY_STATES = (SUCCESS, FAILURE, REVOKED)
+
 
 class BadEnvelope(Exception):
-    """Raised when a list element is not a message kombu could have written."""
+    """Raised when a list element or a message body is not what a Celery client could have written."""
+
+
+# -- queue lists ---------------------------------------------------------
+
+
+def lists_of(queue: str) -> list[str]:
+    """The Redis lists kombu keeps for `queue`, in the order it reads them."""
+    return [queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
+
+
+def queue_of(list_key: str) -> str:
+    """The queue a list of `lists_of` belongs to."""
+    return list_key.split(PRIORITY_SEP, 1)[0]
+
+
+# -- task messages -------------------------------------------------------
 
 
 @dataclass
@@ -104,3 +145,79 @@ def read(raw: bytes) -> Envelope:
     content_type = doc.get("content-type")
     return Envelope(headers=headers, properties=properties,
                     content_type=content_type if isinstance(content_type, str) else "", body=decoded, raw=raw)
+
+
+def arguments(message: Envelope) -> tuple[list, dict]:
+    """The task's `(args, kwargs)` from Celery's message body; BadEnvelope when it has none.
+
+    JSON only: a body in any other format (pickle) is refused unread.
+    """
+    if message.content_type != "application/json":
+        raise BadEnvelope(f"cannot decode the message body: content type {message.content_type!r} "
+                          "is not accepted (JSON only)")
+    try:
+        body = orjson.loads(message.body)
+    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+        raise BadEnvelope(f"cannot decode the message body: {exc}") from None
+    if not isinstance(body, list) or len(body) != 3:
+        raise BadEnvelope("the message body must be [args, kwargs, embed]")
+    args, kwargs, _embed = body
+    if not isinstance(args, list):
+        raise BadEnvelope("the task's args must be a list")
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict):
+        raise BadEnvelope("the task's kwargs must be an object")
+    return args, kwargs
+
+
+# -- results -------------------------------------------------------------
+
+
+def now() -> str:
+    """A result's `date_done`, as Celery writes it."""
+    return datetime.now(timezone.utc).isoformat()
+
+
+def success(job_id: str, result, date_done: str) -> dict:
+    """The result document of a task that returned `result`."""
+    return {"status": SUCCESS, "result": result, "traceback": None, "children": [],
+            "date_done": date_done, "task_id": job_id}
+
+
+def failure(job_id: str, error: BaseException, date_done: str, traceback: str | None = None,
+            state: str = FAILURE) -> dict:
+    """The result document of a task that raised `error` (or, with `state` REVOKED, was revoked).
+
+    `AsyncResult.get()` raises the error again, rebuilt from its class name,
+    module and message: the message is the error's `message` when it has one.
+    """
+    return {
+        "status": state,
+        "result": {"exc_type": type(error).__name__, "exc_message": [str(getattr(error, "message", error))],
+                   "exc_module": type(error).__module__},
+        "traceback": traceback,
+        "children": [],
+        "date_done": date_done,
+        "task_id": job_id,
+    }
+
+
+def dumps(meta: dict) -> bytes:
+    """A result document as stored (numpy outputs written as float32's shortest decimals)."""
+    return orjson.dumps(meta, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def with_fields(document: bytes, fields: dict) -> bytes:
+    """A stored document with more top-level `fields` (at least one), without encoding the document again."""
+    return document[:-1] + b"," + orjson.dumps(fields)[1:]
+
+
+def error_fields(meta: dict) -> tuple[str | None, str]:
+    """(exception class name, message) of a failed or revoked result."""
+    result = meta.get("result") or {}
+    if not isinstance(result, dict):
+        return None, str(result)
+    args = result.get("exc_message") or []
+    message = args[0] if isinstance(args, list) and args else str(args)
+    return result.get("exc_type"), str(message)

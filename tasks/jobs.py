@@ -7,10 +7,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import orjson
-
 from common.cache import cache_key
-from common.envelope import Envelope
+from common.envelope import BadEnvelope, Envelope, arguments
 from common.errors import ServiceError, ValidationFailed
 from common.protocol import INFER_TASK
 from common.requestid import REQUEST_ID_KEY, TRACEPARENT_KEY, valid_request_id, valid_traceparent
@@ -135,23 +133,10 @@ def _read(message: Envelope, job_id: str | None, extra: dict) -> Job:
         raise InvalidJob(None, "task message has no id")
     if headers.get("task") not in (None, INFER_TASK):
         raise InvalidJob(job_id, f"task {headers.get('task')!r} is not {INFER_TASK}")
-    # JSON only: a message in any other format (pickle) is refused unread.
-    if message.content_type != "application/json":
-        raise InvalidJob(job_id, f"cannot decode the message body: content type {message.content_type!r} "
-                                 "is not accepted (JSON only)")
     try:
-        body = orjson.loads(message.body)
-    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
-        raise InvalidJob(job_id, f"cannot decode the message body: {exc}") from None
-    if not isinstance(body, list) or len(body) != 3:
-        raise InvalidJob(job_id, "the message body must be [args, kwargs, embed]")
-    args, kwargs, _embed = body
-    if not isinstance(args, list):
-        raise InvalidJob(job_id, "the task's args must be a list")
-    if kwargs is None:
-        kwargs = {}
-    if not isinstance(kwargs, dict):
-        raise InvalidJob(job_id, "the task's kwargs must be an object")
+        args, kwargs = arguments(message)
+    except BadEnvelope as exc:
+        raise InvalidJob(job_id, str(exc)) from None
     if len(args) > len(_ARG_NAMES):
         raise InvalidJob(job_id, f"tasks.infer takes at most {len(_ARG_NAMES)} arguments")
     call = dict(zip(_ARG_NAMES, args))

@@ -3,10 +3,11 @@
 The device thread hands finished jobs to a reporter thread and goes on
 with the next batch. The reporter stores the results of all jobs a batch
 finished with one script (common/lua/store_results.lua), in the exact
-format of Celery's Redis result backend (any Celery client can read them),
-and publishes each on the reply channel of the webapp process waiting for
-it. Only then are the messages acknowledged — in the same script when the
-broker is that same Redis — so a worker that dies before that loses no job.
+format of Celery's Redis result backend (common/envelope.py: any Celery
+client can read them), and publishes each on the reply channel of the
+webapp process waiting for it. Only then are the messages acknowledged —
+in the same script when the broker is that same Redis — so a worker that
+dies before that loses no job.
 
 The first result stored for a job id wins: a worker that was declared dead
 (paused past its heartbeats) and comes back cannot overwrite the result of
@@ -26,12 +27,11 @@ import threading
 import time
 import traceback
 from collections import defaultdict, deque
-from datetime import datetime, timezone
 
 import orjson
 import redis
 
-from common import batchstats, logcontext, lua, protocol
+from common import batchstats, envelope, logcontext, lua, protocol
 from common.batchstats import BatchStats
 from common.deliveries import TOMBSTONE_PREFIX, deliveries_key
 from common.errors import ServiceError
@@ -184,20 +184,20 @@ class Reporter:
     def _store(self, model_id: str, jobs: list[Job], batch_size: int, forward_s: float, passes: int,
                now: float, tokens: int = 0, padded_tokens: int = 0) -> None:
         """Store results and batch statistics, ack the messages, queue the events."""
-        date_done = datetime.now(timezone.utc).isoformat()
+        date_done = envelope.now()
         args = []
         written = []
         for job in jobs:
             if job.cancelled or job.skipped:
                 continue  # the cancellation, or another worker's result, is stored already
-            meta_json = orjson.dumps(self._meta(job, date_done), option=orjson.OPT_SERIALIZE_NUMPY)
+            meta_json = envelope.dumps(_meta(job, date_done))
             channel, reply = "", b""
             if job.reply_to and job.reply_to.startswith(protocol.REPLY_CHANNEL_PREFIX):
                 # The same document plus the job's timings and cache keys, without encoding the result twice.
                 extra = {"timings": job.timings(now)}
                 if job.error is None and job.cacheable and self.cache_ttl:
                     extra["cache_keys"] = job.cache_keys
-                channel, reply = job.reply_to, meta_json[:-1] + b"," + orjson.dumps(extra)[1:]
+                channel, reply = job.reply_to, envelope.with_fields(meta_json, extra)
             status = protocol.SUCCEEDED if job.error is None else protocol.FAILED
             args += [protocol.result_key(job.id), meta_json, protocol.job_key(job.id), status, channel, reply]
             written.append(job)
@@ -297,21 +297,6 @@ class Reporter:
         except Exception as exc:  # noqa: BLE001 - events are best effort, results are not
             log.warning("could not publish task events: %s", exc)
 
-    def _meta(self, job: Job, date_done: str) -> dict:
-        if job.error is None:
-            return {"status": "SUCCESS", "result": job.result(), "traceback": None, "children": [],
-                    "date_done": date_done, "task_id": job.id}
-        error = job.error
-        return {
-            "status": "FAILURE",
-            "result": {"exc_type": type(error).__name__, "exc_message": [str(getattr(error, "message", error))],
-                       "exc_module": type(error).__module__},
-            "traceback": None if isinstance(error, ServiceError) else "".join(traceback.format_exception(error)),
-            "children": [],
-            "date_done": date_done,
-            "task_id": job.id,
-        }
-
     def _retrying(self, fn):
         """Run a Redis call until it succeeds; None if the worker stops while Redis is still down."""
         delay = 0.1
@@ -327,3 +312,12 @@ class Reporter:
                 log.warning("Redis unreachable (%s); retrying in %.1fs", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def _meta(job: Job, date_done: str) -> dict:
+    """The job's Celery result document; a traceback only for what is not a ServiceError (a bug)."""
+    if job.error is None:
+        return envelope.success(job.id, job.result(), date_done)
+    error = job.error
+    trace = None if isinstance(error, ServiceError) else "".join(traceback.format_exception(error))
+    return envelope.failure(job.id, error, date_done, trace)

@@ -25,7 +25,8 @@ from collections import deque
 import redis
 
 from common import logcontext
-from common.deliveries import Deliveries, lists_of, new_holder
+from common.deliveries import Deliveries, new_holder
+from common.envelope import lists_of
 from common.protocol import queue_for
 
 log = logging.getLogger(__name__)

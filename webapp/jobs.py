@@ -8,7 +8,6 @@ lives in Celery's own result key, so any Celery client can read it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -21,7 +20,7 @@ import orjson
 import redis
 from kombu.exceptions import KombuError, OperationalError
 
-from common import lua, protocol, tracing
+from common import envelope, lua, protocol, tracing
 from common.deliveries import Deliveries, Reaper
 from common.errors import (
     BrokerUnavailable,
@@ -43,7 +42,6 @@ log = logging.getLogger(__name__)
 # How long a queue-depth reading is trusted; bounds the cost of the
 # MAX_QUEUE_DEPTH check to a few broker calls per second per process.
 QUEUE_DEPTH_CACHE_S = 0.5
-READY_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 # How often a process sends the shortened TTLs of the results its /predict
 # delivered: one pipeline per interval, whatever the request rate.
 DELIVERED_FLUSH_S = 0.5
@@ -147,8 +145,7 @@ class JobService:
             if waiter is not None:
                 self._forget(waiter)
                 # requests that joined this job get the same answer
-                waiter.deliver({"status": "FAILURE", "task_id": job_id, "result": {
-                    "exc_type": "BrokerUnavailable", "exc_message": [error.message]}})
+                waiter.deliver(envelope.failure(job_id, error, envelope.now()))
             try:
                 self.results.delete(protocol.job_key(job_id))
             except _REDIS_ERRORS:
@@ -250,8 +247,7 @@ class JobService:
         """A job answered wholly from the cache: recorded as succeeded, nothing queued."""
         job_id = str(uuid.uuid4())
         now = time.time()
-        meta = orjson.dumps({"status": "SUCCESS", "result": result, "traceback": None, "children": [],
-                             "date_done": datetime.now(timezone.utc).isoformat(), "task_id": job_id})
+        meta = envelope.dumps(envelope.success(job_id, result, envelope.now()))
         try:
             with self.results.pipeline(transaction=False) as pipe:
                 pipe.hset(protocol.job_key(job_id), mapping={
@@ -273,7 +269,7 @@ class JobService:
         if raw is None:
             return None
         meta = orjson.loads(raw)
-        return meta if meta.get("status") in READY_STATES else None
+        return meta if meta.get("status") in envelope.READY_STATES else None
 
     def status(self, job_id: str) -> dict:
         """GET /jobs/<id>: the job's state, with its result or error when done."""
@@ -299,7 +295,7 @@ class JobService:
         for name in ("started_at", "finished_at"):
             if record.get(name):
                 body[name] = _iso(record[name])
-        if meta and meta.get("status") in READY_STATES:
+        if meta and meta.get("status") in envelope.READY_STATES:
             body["status"], result, error = outcome(meta)
             if error is None:
                 body["result"] = result
@@ -312,15 +308,8 @@ class JobService:
     def cancel(self, job_id: str) -> dict:
         """Cancel a job that has not started; 409 once it runs or is done."""
         # Stored as Celery stores a revoked task (common/lua/cancel_job.lua).
-        meta = json.dumps({
-            "status": "REVOKED",
-            "result": {"exc_type": "JobCancelled", "exc_message": ["the job was cancelled"],
-                       "exc_module": "common.errors"},
-            "traceback": None,
-            "children": [],
-            "date_done": datetime.now(timezone.utc).isoformat(),
-            "task_id": job_id,
-        })
+        meta = envelope.dumps(envelope.failure(job_id, JobCancelled("the job was cancelled"), envelope.now(),
+                                               state=envelope.REVOKED))
         try:
             before = self._cancel(keys=[protocol.job_key(job_id), protocol.result_key(job_id)],
                                   args=[repr(time.time()), meta, self.settings.result_ttl]).decode()
@@ -360,21 +349,16 @@ class JobService:
 def outcome(meta: dict) -> tuple[str, object, ServiceError | None]:
     """(status, result, error) of a finished job, from its Celery result meta."""
     state = meta.get("status")
-    if state == "SUCCESS":
+    if state == envelope.SUCCESS:
         return protocol.SUCCEEDED, meta.get("result"), None
-    if state == "REVOKED":
+    if state == envelope.REVOKED:
         return protocol.CANCELLED, None, JobCancelled("the job was cancelled")
     return protocol.FAILED, None, error_from_meta(meta)
 
 
 def error_from_meta(meta: dict):
     """The ServiceError a failed or revoked job's meta describes."""
-    result = meta.get("result") or {}
-    if not isinstance(result, dict):
-        return error_from_stored(None, str(result))
-    args = result.get("exc_message") or []
-    message = args[0] if isinstance(args, list) and args else str(args)
-    return error_from_stored(result.get("exc_type"), str(message))
+    return error_from_stored(*envelope.error_fields(meta))
 
 
 def _iso(timestamp: str | None) -> str | None:

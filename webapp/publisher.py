@@ -20,7 +20,6 @@ from celery import Celery
 from kombu.exceptions import ChannelError
 
 from common import envelope, protocol
-from common.deliveries import lists_of
 from common.settings import Settings
 
 
@@ -76,10 +75,10 @@ class RedisPublisher:
         """Messages waiting per model, in one round trip (kombu's priority lists included)."""
         with self.broker.pipeline(transaction=False) as pipe:
             for model_id in model_ids:
-                for key in lists_of(protocol.queue_for(model_id)):
+                for key in envelope.lists_of(protocol.queue_for(model_id)):
                     pipe.llen(key)
             lengths = pipe.execute()
-        per_model = len(lists_of(""))
+        per_model = len(envelope.PRIORITY_STEPS)
         return {model_id: int(sum(lengths[i * per_model:(i + 1) * per_model]))
                 for i, model_id in enumerate(model_ids)}
 

@@ -1,4 +1,4 @@
-"""The Redis delivery protocol (common/deliveries.py) against a real Redis, and the pinned kombu and Celery.
+"""The Redis delivery protocol (common/deliveries.py) against a real Redis (kombu and Celery: test_wire_contract.py).
 
 The module has a Redis of its own: the session's server also serves live
 workers and webapps, whose reapers sweep the same beats and would take the
@@ -6,16 +6,14 @@ stale holders these tests plant before the reapers under test do.
 """
 
 import threading
-import time
 import uuid
 
 import pytest
 import redis
-from celery import Celery
-from kombu import Connection
 
 from common import envelope, lua, protocol
-from common.deliveries import BEATS_KEY, TOMBSTONE_PREFIX, Deliveries, Reaper, lists_of, new_holder
+from common.deliveries import BEATS_KEY, TOMBSTONE_PREFIX, Deliveries, Reaper, new_holder
+from common.envelope import lists_of
 from devtools.redis_server import EmbeddedRedis
 
 
@@ -151,40 +149,3 @@ def test_a_holder_declared_dead_fetches_and_starts_nothing_more(client, deliveri
     alive = new_holder("w@test")
     verdicts, _ = start(keys=[protocol.job_key(ids[0])], args=["2", alive, 3, 60, "0", TOMBSTONE_PREFIX + alive])
     assert verdicts == [1] and client.hget(protocol.job_key(ids[0]), "holder") == alive.encode()
-
-
-def test_stock_kombu_reads_what_the_webapp_writes_and_what_is_handed_back(client, deliveries, redis_url, queue):
-    """Contract: our envelope and our hand-back leave messages the pinned kombu consumes as it would its own."""
-    ids = push(client, queue, 2)
-    holder = new_holder("w@test")
-    got = deliveries.fetch(holder, [(queue, 2)], first_tag=1)
-    deliveries.hand_back(holder, [d.tag for d in got])
-    with Connection(redis_url) as conn:
-        simple = conn.SimpleQueue(queue)
-        seen = []
-        for _ in range(2):
-            message = simple.get(timeout=5)
-            seen.append(message.headers["id"])
-            assert message.content_type == "application/json"
-            assert message.decode()[1] == {"model_id": "m", "inputs": ["x"]}
-            message.ack()
-        simple.close()
-    assert seen == ids
-
-
-def test_we_read_what_celery_send_task_writes(client, deliveries, redis_url, queue):
-    """Contract: a job sent by any Celery client is fetched and read like the webapp's."""
-    app = Celery("client", broker=redis_url)
-    app.conf.update(task_serializer="json", accept_content=["json"])
-    sent = app.send_task("tasks.infer", args=["m", ["hello"]], kwargs={"parameters": {"top_k": 2}}, queue=queue,
-                         priority=0)
-    deadline = time.monotonic() + 5
-    got = []
-    while not got and time.monotonic() < deadline:
-        got = deliveries.fetch(new_holder("w@test"), [(queue, 1)], first_tag=1)
-    message = envelope.read(got[0].raw)
-    assert message.job_id == sent.id and message.headers["task"] == "tasks.infer"
-    assert message.content_type == "application/json"
-    import json
-
-    assert json.loads(message.body)[:2] == [["m", ["hello"]], {"parameters": {"top_k": 2}}]
