@@ -44,6 +44,9 @@ from common.settings import DEFAULT_MAX_MODELS_PER_WORKER
 log = logging.getLogger(__name__)
 
 ASSIGN_LOCK_KEY = KEY_PREFIX + "assign-lock"
+# Set for one heartbeat by the worker that runs the round of that heartbeat:
+# however many workers there are, the cluster runs about one round per heartbeat.
+ASSIGN_ROUND_KEY = KEY_PREFIX + "assign-round"
 # One round takes milliseconds; an assigner that dies holding the lock
 # delays the next round by at most this long.
 ASSIGN_LOCK_TTL_S = 10.0
@@ -227,12 +230,18 @@ class Assigner:
         self._sizes: dict[str, int | None] = {}
         self._apply = client.register_script(lua.source("assign"))
 
-    def run_once(self) -> list[Change] | None:
-        """One round, unless another assigner is in one: the changes written (None: none written)."""
+    def run_once(self, force: bool = False) -> list[Change] | None:
+        """One round, unless another assigner is in one: the changes written (None: none written).
+
+        Without `force` (the workers' heartbeats), only when no round ran in
+        the last heartbeat; the webapp and the CLI force one after a change.
+        """
         placements = self.placements.all()
         if not placements:
             return []
         token = uuid.uuid4().hex
+        if not force and not self.redis.set(ASSIGN_ROUND_KEY, token, nx=True, px=max(1, int(self.heartbeat_s * 1000))):
+            return None
         if not self.redis.set(ASSIGN_LOCK_KEY, token, nx=True, px=int(ASSIGN_LOCK_TTL_S * 1000)):
             return None
         try:

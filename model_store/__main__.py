@@ -71,7 +71,7 @@ def cmd_place(store: ModelStore, settings, args) -> int:
     if placement.wanted == 0:
         print(f"{args.model_id}: placement removed; the workers unload it within a few heartbeats")
         return 0
-    Assigner(client, settings.heartbeat_s, size_of=lambda m: store.describe(m).size_bytes).run_once()
+    Assigner(client, settings.heartbeat_s, size_of=lambda m: store.describe(m).size_bytes).run_once(force=True)
     return cmd_placements(client, settings, only=args.model_id)
 
 

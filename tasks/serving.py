@@ -115,7 +115,7 @@ class ModelServing(bootsteps.StartStopStep):
                     raise ModelNotFound(reply["error"])
             # A worker restarting under its name serves again what it served (its placement);
             # one joining takes its share of the models placed by replicas (the assigner's round, now).
-            self.assign()
+            self.assign(force=True)
             try:
                 placed = self.manager.placement.of(c.hostname) or {}
             except (redis.RedisError, OSError) as exc:
@@ -166,13 +166,13 @@ class ModelServing(bootsteps.StartStopStep):
         if mine or self._ticks % RECONCILE_EVERY == 0:
             self.manager.reconcile()
 
-    def assign(self) -> bool:
+    def assign(self, force: bool = False) -> bool:
         """An assignment round of the model placements, unless another process runs one (common/assignment.py).
 
         True when the round changed this worker's own placement: it converges now, not in a few beats.
         """
         try:
-            changes = self.assigner.run_once() or []
+            changes = self.assigner.run_once(force) or []
         except (redis.RedisError, OSError) as exc:
             log.warning("cannot assign the model placements: %s", exc)
             return False

@@ -208,7 +208,7 @@ class ModelAdmin:
         """Record `placement`, run an assignment round, follow the workers until converged or `wait` runs out."""
         self._record(lambda: self.model_placements.put(placement))
         try:
-            self._assigner.run_once()  # the workers' own rounds follow within a heartbeat
+            self._assigner.run_once(force=True)  # the workers' own rounds follow within a heartbeat
         except (redis.RedisError, OSError) as exc:
             raise BrokerUnavailable("cannot assign the placement in Redis") from exc
         deadline = time.monotonic() + wait
