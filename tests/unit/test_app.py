@@ -156,7 +156,8 @@ def test_openapi_documents_every_endpoint(model_dir):
     doc = make_client(model_dir).get("/openapi.json").get_json()
     assert doc["openapi"].startswith("3.")
     for path in ("/predict", "/jobs", "/jobs/{job_id}", "/models", "/models/load", "/models/unload",
-                 "/models/switch", "/models/{model_id}/placement", "/workers", "/health", "/health/live", "/health/ready", "/metrics"):
+                 "/models/switch", "/models/{model_id}/placement", "/workers", "/health", "/health/live",
+                 "/health/ready", "/metrics"):
         assert path in doc["paths"], path
 
 
