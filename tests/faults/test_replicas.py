@@ -37,9 +37,10 @@ CONVERGE_S = 90
 
 
 @pytest.fixture(scope="module")
-def c(model_dir, tmp_path_factory):
+def c(model_dir, tmp_path_factory, request):
+    """The module's cluster; the end of every process's log is printed if a test of the module failed."""
     cluster = Cluster(model_dir, tmp_path_factory.mktemp("replicas"), heartbeat_s=HEARTBEAT_S)
-    failed = True
+    failed_before = request.session.testsfailed
     try:
         for name in ("w1", "w2", "w3"):
             cluster.worker(name)
@@ -47,9 +48,8 @@ def c(model_dir, tmp_path_factory):
         for process in (*cluster.workers, cluster.app):
             process.wait_ready()
         yield cluster
-        failed = False
     finally:
-        cluster.close(failed)
+        cluster.close(request.session.testsfailed > failed_before)
 
 
 def put(c, model_id: str, headers=ADMIN, **body) -> requests.Response:
