@@ -141,6 +141,12 @@ class HeaderFieldsTooLarge(ServiceError):
     type = "header_fields_too_large"
 
 
+class PlacementManaged(Conflict):
+    """Raised when /models/load or /models/unload names a model that has a placement (PUT /models/<id>/placement)."""
+
+    type = "placement_managed"
+
+
 class ValidationFailed(ServiceError):
     """Raised when a well-formed request breaks the API's rules."""
 

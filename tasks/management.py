@@ -44,12 +44,16 @@ def gpu_memory(device: str) -> dict | None:
 
     `reserved` is what the device lends this process, what other processes
     on the GPU cannot have: the figure to watch against the card's memory.
+    `free` and `total` are the card's; the placement assigner (common/assignment.py)
+    places a model only where `free` holds its files.
     """
     if not device.startswith("cuda"):
         return None
     import torch
 
-    return {"allocated": int(torch.cuda.memory_allocated(device)), "reserved": int(torch.cuda.memory_reserved(device))}
+    free, total = torch.cuda.mem_get_info(device)  # the whole card's, every process included
+    return {"allocated": int(torch.cuda.memory_allocated(device)), "reserved": int(torch.cuda.memory_reserved(device)),
+            "free": int(free), "total": int(total)}
 
 
 def release_memory(device: str) -> None:

@@ -23,6 +23,7 @@ import redis
 from celery import bootsteps, signals
 
 from common import envelope, failpoints, logcontext, protocol, tracing
+from common.assignment import Assigner
 from common.deliveries import Reaper
 from common.errors import ModelNotFound
 from common.protocol import LOADED, model_for_queue, queue_for
@@ -73,6 +74,7 @@ class ModelServing(bootsteps.StartStopStep):
         self.batcher: Batcher | None = None
         self.manager: ModelManager | None = None
         self.reaper: Reaper | None = None
+        self.assigner: Assigner | None = None
         self.device = None
         self.started_at = time.time()
         self._ticks = 0
@@ -97,6 +99,7 @@ class ModelServing(bootsteps.StartStopStep):
             self.source.start()
             self.heartbeat = Heartbeat(settings.redis_url, c.hostname, settings.heartbeat_s, self.state,
                                        on_tick=self.tick).start()
+            self.assigner = Assigner(self.manager.placement.redis, settings.heartbeat_s, size_of=self.model_bytes)
             signals.worker_shutting_down.connect(self._on_shutting_down, weak=False)
             # `-Q infer.<model_id>` on the command line asks for that model too;
             # its queue is consumed once the model is ready, like any other.
@@ -110,7 +113,9 @@ class ModelServing(bootsteps.StartStopStep):
                 reply = self.manager.request_load(model_id)
                 if "error" in reply:
                     raise ModelNotFound(reply["error"])
-            # A worker restarting under its name serves again what it served (its placement).
+            # A worker restarting under its name serves again what it served (its placement);
+            # one joining takes its share of the models placed by replicas (the assigner's round, now).
+            self.assign(force=True)
             try:
                 placed = self.manager.placement.of(c.hostname) or {}
             except (redis.RedisError, OSError) as exc:
@@ -139,12 +144,16 @@ class ModelServing(bootsteps.StartStopStep):
         """Who starts jobs here: the delivery holder (Redis), else the worker's name."""
         return getattr(self.source, "holder", self.consumer.hostname)
 
+    def model_bytes(self, model_id: str) -> int:
+        """The size of the files serving `model_id` (what the assigner checks against free device memory)."""
+        return self.registry.store.describe(self.manager.source_of(model_id)).size_bytes
+
     def heartbeat_poke(self) -> None:
         if self.heartbeat is not None:
             self.heartbeat.poke()
 
     def tick(self) -> None:
-        """After each heartbeat (heartbeat thread): delivery beat, dead workers."""
+        """After each heartbeat (heartbeat thread): delivery beat, dead workers, model placements."""
         if not self.source.beat():
             # Declared dead (paused past three heartbeats): what this worker
             # held went to others. Keep what was started (first result wins).
@@ -152,9 +161,22 @@ class ModelServing(bootsteps.StartStopStep):
             self.batcher.drop_unstarted(lambda job: job.holder is not None and job.holder != current)
         if self.reaper is not None:
             self.reaper.reap_once()
+        mine = self.assign()
         self._ticks += 1
-        if self._ticks % RECONCILE_EVERY == 0:
+        if mine or self._ticks % RECONCILE_EVERY == 0:
             self.manager.reconcile()
+
+    def assign(self, force: bool = False) -> bool:
+        """An assignment round of the model placements, unless another process runs one (common/assignment.py).
+
+        True when the round changed this worker's own placement: it converges now, not in a few beats.
+        """
+        try:
+            changes = self.assigner.run_once(force) or []
+        except (redis.RedisError, OSError) as exc:
+            log.warning("cannot assign the model placements: %s", exc)
+            return False
+        return any(change.worker == self.consumer.hostname for change in changes)
 
     # -- jobs arriving ----------------------------------------------------
 
@@ -254,6 +276,7 @@ class ModelServing(bootsteps.StartStopStep):
             "queues": [queue_for(m.model_id) for m in serving],
             "active": self.batcher.active(),
             "in_hand": {m.model_id: self.batcher.in_hand(m.model_id) for m in serving},
+            "max_models": self.settings.max_models_per_worker,  # the placement assigner's room per worker
             "max_batch_size": self.settings.max_batch_size,
             "max_batch_tokens": self.settings.max_batch_tokens,
             "batching": self.batcher.budgets(),

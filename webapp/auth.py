@@ -2,11 +2,11 @@
 
 - Inference (`/predict`, `/jobs*`): open, or with API_TOKENS set, a bearer
   token that is one of them or ADMIN_TOKEN (401 otherwise).
-- Admin (`/models/load|unload|switch`): with ADMIN_TOKEN set, that token
+- Admin (`/models/load|unload|switch`, `/models/<id>/placement`): with ADMIN_TOKEN set, that token
   (an inference token alone is 403, none or an unknown one 401); without it,
   only requests from loopback (403 otherwise), as TorchServe keeps model
   management off unless asked.
-- Every POST carries `Content-Type: application/json` (415 otherwise): a
+- Every POST and PUT carries `Content-Type: application/json` (415 otherwise): a
   text/plain body is what any web page may post cross-site without a
   preflight.
 - Everything else (health, metrics, docs, GET /models, GET /workers) is open.
@@ -147,7 +147,7 @@ def check_request() -> None:
     rule = GUARDED_BLUEPRINTS.get(request.blueprint or "")
     if rule is not None and request.method != "OPTIONS":  # OPTIONS only lists the allowed methods
         _RULES[rule]()
-    if request.method == "POST" and request.url_rule is not None:  # an unknown route stays 404/405
+    if request.method in ("POST", "PUT") and request.url_rule is not None:  # an unknown route stays 404/405
         require_json()
 
 

@@ -4,6 +4,11 @@ The webapp broadcasts `load_model`, `unload_model` and `switch_model` to
 the workers, then follows their registry entries until each says the model
 is loaded, gone or switched (or the wait runs out), and answers with every
 worker's state.
+
+A model placement (`PUT /models/<id>/placement`) is only written to Redis,
+followed by one assignment round at once (common/assignment.py); the
+workers converge on it by themselves, and keep converging as workers join
+and die.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import redis
 from cachetools import TTLCache
 
 from common import protocol
-from common.errors import BrokerUnavailable, NoWorkers, ValidationFailed
-from common.placement import Placement
+from common.assignment import Assigner, statuses
+from common.errors import BrokerUnavailable, NoWorkers, PlacementManaged, ValidationFailed
+from common.placement import ModelPlacement, ModelPlacements, Placement
 from common.settings import Settings
+from model_store.store import ModelStore
 from webapp.publisher import make_celery_client
 from webapp.workers import WorkerDirectory
 
@@ -39,6 +46,10 @@ class ModelAdmin:
         self._redis = client
         self._workers = workers
         self.placement = Placement(client)
+        self.model_placements = ModelPlacements(client)
+        store = ModelStore(settings.model_dir)
+        self._assigner = Assigner(client, settings.heartbeat_s,
+                                  size_of=lambda model_id: store.describe(self.source_of(model_id)).size_bytes)
         self._celery = None
         self._lock = threading.Lock()
         # Every request thread reads the sources (GET /models, and the catalog
@@ -95,6 +106,7 @@ class ModelAdmin:
 
     def load(self, model_id: str, task: str | None, names: list[str] | None, wait: float) -> dict:
         targets = self._targets(names)
+        self.refuse_if_placed(model_id)
         # Recorded first: a target that misses the broadcast converges on it.
         self._record(lambda: [self.placement.want(name, model_id, task) for name in targets])
         replies = self._broadcast("load_model", {"model_id": model_id, "model_type": task}, targets)
@@ -110,6 +122,7 @@ class ModelAdmin:
         return self._follow(targets, replies, state, lambda s: s == protocol.LOADED or s.startswith("error"), wait)
 
     def unload(self, model_id: str, names: list[str] | None, wait: float) -> dict:
+        self.refuse_if_placed(model_id)
         if not names:
             # Recorded even with no worker up: one restarting now must not bring the model back.
             self._record(lambda: self.placement.drop_everywhere(model_id))
@@ -174,6 +187,54 @@ class ModelAdmin:
         except Exception as exc:  # noqa: BLE001 - kombu raises many kinds when the broker is down
             raise BrokerUnavailable("cannot reach the workers") from exc
         return True
+
+    # -- model placements -------------------------------------------------
+
+    def placement_of(self, model_id: str) -> ModelPlacement | None:
+        try:
+            return self.model_placements.of(model_id)
+        except (redis.RedisError, OSError) as exc:
+            raise BrokerUnavailable("cannot read the model placements from Redis") from exc
+
+    def refuse_if_placed(self, model_id: str) -> None:
+        """409 for a load or unload of a model whose placement decides where it runs."""
+        placement = self.placement_of(model_id)
+        if placement is not None:
+            raise PlacementManaged(
+                f"{model_id!r} has a placement ({placement.as_dict()}): it decides which workers serve it. "
+                f"Change it with PUT /models/{model_id}/placement, or remove it with DELETE first")
+
+    def place(self, placement: ModelPlacement, wait: float) -> dict:
+        """Record `placement`, run an assignment round, follow the workers until converged or `wait` runs out."""
+        self._record(lambda: self.model_placements.put(placement))
+        try:
+            self._assigner.run_once(force=True)  # the workers' own rounds follow within a heartbeat
+        except (redis.RedisError, OSError) as exc:
+            raise BrokerUnavailable("cannot assign the placement in Redis") from exc
+        deadline = time.monotonic() + wait
+        while True:
+            status = self.placements_status().get(placement.model_id) or {}
+            if status.get("converged") or time.monotonic() >= deadline:
+                return status
+            time.sleep(POLL_S)
+
+    def unplace(self, model_id: str, wait: float) -> tuple[bool, dict]:
+        """Forget the model's placement and unload it everywhere: (whether it had one, each worker's state)."""
+        try:
+            removed = self.model_placements.remove(model_id)
+        except (redis.RedisError, OSError) as exc:
+            raise BrokerUnavailable("cannot remove the placement in Redis") from exc
+        return removed, self.unload(model_id, None, wait)
+
+    def placements_status(self) -> dict[str, dict]:
+        """model id -> desired and actual placement (common.assignment.convergence), for each placed model."""
+        try:
+            placements = self.model_placements.all()
+            if not placements:
+                return {}
+            return statuses(self._redis, placements, {w["name"]: w for w in self._workers.live(fresh=True)})
+        except (redis.RedisError, OSError) as exc:
+            raise BrokerUnavailable("cannot read the placements from Redis") from exc
 
     # -- helpers ----------------------------------------------------------
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from common.params import TASK_PARAMS
 from common.requestid import MAX_REQUEST_ID_CHARS
 from common.settings import Settings
-from webapp.schemas import LoadBody, SwitchBody, UnloadBody, predict_body
+from webapp.schemas import LoadBody, PlacementBody, SwitchBody, UnloadBody, predict_body
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _PARAM_SCHEMA = {"bool": {"type": "boolean"}, "int": {"type": "integer"}, "float": {"type": "number"},
@@ -48,6 +48,34 @@ _WORKER_STATES = {"type": "object", "properties": {
     "model_id": {"type": "string"},
     "workers": {"type": "object", "additionalProperties": {"type": "string"},
                 "description": "worker name -> loaded | loading | unloaded | switched | error: <why> | gone"}}}
+
+_PLACED = {"409": _error("the model has a placement (PUT /models/{model_id}/placement): change or delete that "
+                          "instead")}
+# A model's placement, desired and actual (common.assignment.convergence).
+_PLACEMENT = {"type": "object", "nullable": True, "properties": {
+    "replicas": {"type": "integer", "description": "the workers it should have (when placed by count)"},
+    "workers": {"type": "array", "items": {"type": "string"}, "description": "the workers pinned (when pinned)"},
+    "task": {"type": "string", "nullable": True},
+    "assigned_to": {"type": "array", "items": {"type": "string"},
+                    "description": "live workers whose placement names it (loaded, loading or to load)"},
+    "serving_on": {"type": "array", "items": {"type": "string"}, "description": "live workers serving it now"},
+    "not_live": {"type": "array", "items": {"type": "string"},
+                 "description": "pinned workers not running now (they load it when they start)"},
+    "converged": {"type": "boolean",
+                  "description": "the live workers serving it are exactly the ones it should have"}}}
+_MODELS = {"type": "object", "properties": {"models": {"type": "array", "items": {"type": "object", "properties": {
+    "model_id": {"type": "string"}, "task": {"type": "string", "nullable": True},
+    "loaded_on": {"type": "array", "items": {"type": "string"}},
+    "changing_on": {"type": "object", "additionalProperties": {"type": "string"}},
+    "size_bytes": {"type": "integer"}, "complete": {"type": "boolean"},
+    "source": {"type": "string"}, "problem": {"type": "string"},
+    "placement": _PLACEMENT}}}}}
+_PLACEMENT_ANSWER = {"type": "object", "properties": {
+    "model_id": {"type": "string"}, "placement": _PLACEMENT, "removed": {"type": "boolean"},
+    "workers": {"type": "object", "additionalProperties": {"type": "string"},
+                "description": "after a removal: each worker's state (unloading, unloaded)"}}}
+_MODEL_ID_PARAMETER = [{"name": "model_id", "in": "path", "required": True,
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}}]
 
 
 _HEALTH = {"type": "object", "required": ["status"], "properties": {
@@ -177,16 +205,27 @@ def build_openapi(settings: Settings) -> dict:
                                          "404": _error("unknown or expired job"),
                                          "409": _error("the job already runs or has finished")}},
             },
-            "/models": {"get": {"summary": "Every model in the store and where it is loaded",
-                                "responses": {"200": _json({"type": "object"}, "the models")}}},
+            "/models": {"get": {"summary": "Every model in the store, where it is loaded, and its placement",
+                                "responses": {"200": _json(_MODELS, "the models")}}},
             "/models/load": {"post": {
                 "summary": "Load a model on live workers (celery control load_model)",
                 "requestBody": _body(LoadBody, components),
-                "responses": {"200": _json(_WORKER_STATES, "each worker's state"), **_ADMIN}}},
+                "responses": {"200": _json(_WORKER_STATES, "each worker's state"), **_ADMIN, **_PLACED}}},
             "/models/unload": {"post": {
                 "summary": "Unload a model and free its memory (celery control unload_model)",
                 "requestBody": _body(UnloadBody, components),
-                "responses": {"200": _json(_WORKER_STATES, "each worker's state"), **_ADMIN}}},
+                "responses": {"200": _json(_WORKER_STATES, "each worker's state"), **_ADMIN, **_PLACED}}},
+            "/models/{model_id}/placement": {
+                "parameters": _MODEL_ID_PARAMETER,
+                "put": {"summary": "Serve a model on N live workers, or on named workers; the workers converge "
+                                   "(python -m model_store place)",
+                        "requestBody": _body(PlacementBody, components),
+                        "responses": {"200": _json(_PLACEMENT_ANSWER, "the placement, desired and actual"),
+                                      **_ADMIN, "422": _error("bad body: replicas, workers, task or wait")}},
+                "delete": {"summary": "Remove a model's placement and unload it from every worker",
+                           "responses": {"200": _json(_PLACEMENT_ANSWER, "removed"),
+                                         "404": _error("the model is not in the store and has no placement"),
+                                         "503": _error("the broker is down")}}},
             "/models/switch": {"post": {
                 "summary": "Serve model_id from another model directory (a new version), no failed request",
                 "requestBody": _body(SwitchBody, components),
@@ -215,7 +254,7 @@ def build_openapi(settings: Settings) -> dict:
 # Who may call what (webapp/auth.py, webapp/ratelimit.py), declared per operation so
 # Swagger UI shows "Authorize" and sends the token, and a fuzzer knows what to expect.
 _INFERENCE_PATHS = ("/predict", "/jobs", "/jobs/{job_id}")
-_ADMIN_PATHS = ("/models/load", "/models/unload", "/models/switch")
+_ADMIN_PATHS = ("/models/load", "/models/unload", "/models/switch", "/models/{model_id}/placement")
 
 
 def add_security(settings: Settings, doc: dict) -> dict:
@@ -223,7 +262,7 @@ def add_security(settings: Settings, doc: dict) -> dict:
     doc["components"]["securitySchemes"] = {"bearer": {
         "type": "http", "scheme": "bearer",
         "description": "API_TOKENS for /predict and /jobs (when set); ADMIN_TOKEN for /models/load|unload|switch "
-                       "(and for inference too)"}}
+                       "and /models/{model_id}/placement (and for inference too)"}}
     bearer = [{"bearer": []}]
     for path, item in doc["paths"].items():
         for method, op in item.items():
@@ -242,7 +281,7 @@ def add_security(settings: Settings, doc: dict) -> dict:
                 responses["403"] = _error("ADMIN_TOKEN is unset and the request is not from this machine")
             else:
                 op["security"] = []
-            if method == "post":
+            if method in ("post", "put"):
                 responses["415"] = _error("the body is not sent as Content-Type: application/json")
             if settings.rate_limit and not (path == "/metrics" or path.startswith("/health")):
                 limited = _error(f"RATE_LIMIT ({settings.rate_limit}) reached for this token or address")

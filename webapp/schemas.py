@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstrai
 
 from common.errors import BadRequest, InputTooLong, ValidationFailed
 from common.params import TASK_ALIASES, TASK_PARAMS
+from common.placement import MAX_REPLICAS, WORKER_NAME_RE, check_placement
 from common.settings import DEFAULT_WAIT_S, MAX_TIMEOUT_S, MAX_WAIT_S, MODEL_ID_RE
 
 MODEL_ID_PATTERN = f"^{MODEL_ID_RE.pattern}$"
@@ -140,6 +141,43 @@ class SwitchBody(BaseModel):
     wait: AdminWait = DEFAULT_ADMIN_WAIT_S
 
 
+WorkerName = Annotated[str, Field(pattern=f"^{WORKER_NAME_RE.pattern}$", examples=["cpu@host"])]
+
+
+class PlacementBody(BaseModel):
+    """PUT /models/<model_id>/placement: `replicas` or `workers`, one of the two."""
+
+    model_config = ConfigDict(**_STRICT, json_schema_extra={
+        "oneOf": [{"required": ["replicas"]}, {"required": ["workers"]}]})
+    replicas: int | None = Field(None, ge=0, le=MAX_REPLICAS, json_schema_extra=_no_default(),
+                                 description="serve the model on this many live workers, the least loaded with "
+                                             "room (MAX_MODELS_PER_WORKER, device memory); 0 removes the placement")
+    workers: list[WorkerName] | None = Field(None, min_length=1, max_length=MAX_REPLICAS,
+                                             json_schema_extra=_no_default(),
+                                             description="serve the model on exactly these workers (names not "
+                                                         "live now are kept: they load it when they start)")
+    task: str | None = Field(None, json_schema_extra={"enum": [*MODEL_TYPES, None]},
+                             description="pipeline task to load it as; default: from the model's config")
+    wait: AdminWait = Field(0.0, description="seconds to wait for the workers to converge; 0 answers at once")
+
+
+def parse_placement(body) -> PlacementBody:
+    """Check a placement body; raise ValidationFailed (422) naming the field."""
+    try:
+        parsed = parse_admin(body, PlacementBody)
+    except ValidationFailed as exc:
+        field = exc.details.get("field")
+        problem = check_placement(body.get("replicas"), body.get("workers")) if field in ("replicas", "workers") \
+            else None
+        if problem:
+            raise ValidationFailed(problem, field=field) from None
+        raise
+    problem = check_placement(parsed.replicas, parsed.workers)
+    if problem:
+        raise ValidationFailed(problem, field="workers" if parsed.replicas is None and parsed.workers else "replicas")
+    return parsed
+
+
 def parse_json(raw: bytes):
     """Decode a JSON body; raise BadRequest (400) when it is not JSON."""
     if not raw or not raw.strip():
@@ -227,12 +265,13 @@ def _admin_error(errors: list[dict], model: type[BaseModel]) -> ValidationFailed
         return ValidationFailed(f"{name} is required", field=name)
     name = min((e["loc"][0] for e in errors), key=_ADMIN_CHECKS.index)
     messages = {"workers": "workers must be a list of worker names", "model_type": "model_type must be a string",
+                "task": "task must be a string (a pipeline task)",
                 "wait": f"wait must be a number of seconds between 0 and {MAX_WAIT_S:g}"}
     return ValidationFailed(messages.get(name, f"{name} must be a model id ({MODEL_ID_PATTERN})"), field=name)
 
 
 # The order an admin body's fields are checked in: the first bad one is named.
-_ADMIN_CHECKS = ("model_id", "source", "workers", "wait", "model_type")
+_ADMIN_CHECKS = ("model_id", "source", "replicas", "workers", "wait", "model_type", "task")
 
 
 def _inputs_required() -> ValidationFailed:

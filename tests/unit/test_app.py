@@ -137,11 +137,27 @@ def test_admin_bodies_are_validated(model_dir):
                  "validation_error")
 
 
+def test_placement_bodies_are_checked_before_redis_is_asked(model_dir):
+    """PUT /models/<id>/placement: bad bodies 422, unknown models 404, a text body 415; a good one reaches Redis."""
+    client = make_client(model_dir, workers=[])
+    assert_error(client.put("/models/minilm/placement", json={"replicas": -1}), 422, "validation_error")
+    assert_error(client.put("/models/minilm/placement", json={"workers": ["a b"]}), 422, "validation_error")
+    assert_error(client.put("/models/minilm/placement", json={}), 422, "validation_error")
+    assert_error(client.put("/models/ghost/placement", json={"replicas": 1}), 404, "model_not_found")
+    assert_error(client.put("/models/minilm/placement", data=b'{"replicas": 1}', content_type="text/plain"), 415,
+                 "unsupported_media_type")
+    assert_error(client.put("/models/minilm/placement", json={"replicas": 1}), 503, "broker_unavailable")
+    unauthorized = make_client(model_dir, workers=[], admin_token="s3cret")
+    assert_error(unauthorized.put("/models/minilm/placement", json={"replicas": 1}), 401, "unauthorized")
+    assert_error(unauthorized.delete("/models/minilm/placement"), 401, "unauthorized")
+
+
 def test_openapi_documents_every_endpoint(model_dir):
     doc = make_client(model_dir).get("/openapi.json").get_json()
     assert doc["openapi"].startswith("3.")
     for path in ("/predict", "/jobs", "/jobs/{job_id}", "/models", "/models/load", "/models/unload",
-                 "/models/switch", "/workers", "/health", "/health/live", "/health/ready", "/metrics"):
+                 "/models/switch", "/models/{model_id}/placement", "/workers", "/health", "/health/live",
+                 "/health/ready", "/metrics"):
         assert path in doc["paths"], path
 
 

@@ -1,4 +1,4 @@
-"""POST /models/load, /models/unload, /models/switch: manage models on live workers."""
+"""POST /models/load, /models/unload, /models/switch, PUT|DELETE /models/<id>/placement: manage models."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pydantic import BaseModel
 
 from common.errors import ModelNotFound, ValidationFailed
 from common.params import normalize_task
+from common.placement import ModelPlacement
 from webapp.body import read_body
-from webapp.schemas import LoadBody, SwitchBody, UnloadBody, parse_admin, parse_json
+from webapp.schemas import LoadBody, SwitchBody, UnloadBody, parse_admin, parse_json, parse_placement
 from webapp.services import services
 
 # Access: webapp/auth.py (ADMIN_TOKEN, or loopback only while it is unset).
@@ -61,3 +62,31 @@ def switch_model():
     states = svc.admin.switch(model_id, source, new.fingerprint, body.wait)
     svc.catalog.forget(model_id)
     return jsonify({"model_id": model_id, "source": source, "fingerprint": new.fingerprint, "workers": states})
+
+
+@bp.put("/models/<model_id>/placement")
+def place_model(model_id: str):
+    """Serve a model on `replicas` live workers, or on the named `workers`; kept in Redis, converged on by workers."""
+    svc = services()
+    body = parse_placement(parse_json(read_body()))
+    try:
+        task = normalize_task(body.task)
+    except ValidationFailed as exc:
+        raise ValidationFailed(exc.message.replace("model_type", "task", 1), field="task") from None
+    svc.catalog.describe(model_id)  # 404 when it is not in the store
+    placement = ModelPlacement(model_id, replicas=body.replicas,
+                               workers=tuple(body.workers) if body.workers is not None else None, task=task)
+    if placement.wanted == 0:
+        removed, states = svc.admin.unplace(model_id, body.wait)
+        return jsonify({"model_id": model_id, "placement": None, "removed": removed, "workers": states})
+    return jsonify({"model_id": model_id, "placement": svc.admin.place(placement, body.wait)})
+
+
+@bp.delete("/models/<model_id>/placement")
+def unplace_model(model_id: str):
+    """Remove a model's placement and unload it from every worker (as `{"replicas": 0}`)."""
+    svc = services()
+    if not svc.catalog.store.exists(model_id) and svc.admin.placement_of(model_id) is None:
+        raise ModelNotFound(f"model {model_id!r} is not in the store and has no placement")
+    removed, states = svc.admin.unplace(model_id, 0.0)
+    return jsonify({"model_id": model_id, "placement": None, "removed": removed, "workers": states})

@@ -11,7 +11,7 @@ bp = Blueprint("inventory", __name__)
 
 @bp.get("/models")
 def list_models():
-    """Every model in the store, with the live workers it is loaded on."""
+    """Every model in the store, with the live workers it is loaded on and its placement, desired and actual."""
     svc = services()
     loaded_on: dict[str, list[str]] = {}
     changing: dict[str, dict[str, str]] = {}
@@ -21,6 +21,7 @@ def list_models():
         for model_id, change in worker.get("changing", {}).items():
             changing.setdefault(model_id, {})[worker["name"]] = change.get("state")
     sources = svc.admin.sources()
+    placements = svc.admin.placements_status()
     models = []
     for info in svc.catalog.store.list():
         entry = {
@@ -29,6 +30,8 @@ def list_models():
             "loaded_on": loaded_on.get(info.model_id, []),
             "size_bytes": info.size_bytes,
             "complete": info.complete,
+            # Desired (replicas or workers) against actual (serving_on), or None when no placement was set.
+            "placement": placements.get(info.model_id),
         }
         if info.model_id in sources:
             entry["source"] = sources[info.model_id]
