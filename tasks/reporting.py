@@ -199,7 +199,8 @@ class Reporter:
                     extra["cache_keys"] = job.cache_keys
                 channel, reply = job.reply_to, envelope.with_fields(meta_json, extra)
             status = protocol.SUCCEEDED if job.error is None else protocol.FAILED
-            args += [protocol.result_key(job.id), meta_json, protocol.job_key(job.id), status, channel, reply]
+            fence = TOMBSTONE_PREFIX + job.holder if self.fenced and job.holder else ""
+            args += [protocol.result_key(job.id), meta_json, protocol.job_key(job.id), status, channel, reply, fence]
             written.append(job)
         cached = {}  # cache key -> output, each written once
         if self.cache_ttl:
@@ -235,12 +236,18 @@ class Reporter:
                       "and go to another worker", len(jobs))
             return
         late = 0
-        for job, first in zip(written, stored):
-            if not first:
-                job.skipped = True
-                late += 1
+        for job, verdict in zip(written, stored):
+            if verdict == 1:
+                continue
+            job.skipped = True
+            late += 1
+            if verdict == 0:
                 log.warning("job %s: a result was stored for it already (by a worker that took it over); "
                             "this late one is dropped", job.id, extra=logcontext.job_fields(job))
+            else:
+                log.warning("job %s: this worker was declared dead meanwhile and the job given back to its queue; "
+                            "its result is dropped (the job's next run stores one)", job.id,
+                            extra=logcontext.job_fields(job))
         if late:  # counted for operators (and the fault suite): work done twice
             self._retrying(lambda: self.redis.hincrby(protocol.batch_stats_key(model_id), "late_results", late))
         if later:

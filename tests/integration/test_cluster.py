@@ -27,6 +27,7 @@ from tests.faults.ledger import Ledger
 from tests.helpers import SENTENCES
 
 JOBS = 200
+ADMIN = {"Authorization": "Bearer cluster-admin-token"}  # the test is not on the webapp's loopback
 
 _problem = cluster_tool.netns_allowed()
 pytestmark = pytest.mark.skipif(_problem is not None, reason=_problem or "")
@@ -46,6 +47,7 @@ def minilm_dir(tmp_path_factory):
 def two_hosts(minilm_dir, tmp_path_factory):
     """Redis, the webapp and workers w1, w2 in namespaces of their own; heartbeats every 0.5 s."""
     c = cluster_tool.Cluster(workers=2, model_dir=minilm_dir, preload="minilm", prefix="atft", heartbeat_s=0.5,
+                             admin_token=ADMIN["Authorization"].split()[1],
                              run_dir=tmp_path_factory.mktemp("cluster-run"))
     c.up()
     try:
@@ -137,17 +139,55 @@ def test_a_cut_host_s_jobs_come_back_and_it_stores_no_late_result(two_hosts):
     assert outcome.lost == 0 and outcome.run_twice == 0 and outcome.failed == {}
     records = ledger.records(list(ledger.accepted))
     # Started at most twice (once by w1 before the cut, once after it by
-    # someone else); the old session started nothing after the cut. What it
-    # had computed when it was cut may be stored on its return when no other
-    # worker stored that job's result first (the first result wins,
-    # tasks/reporting.py); a result stored once is not a late result.
+    # someone else); the old session started nothing after the cut, and
+    # stored nothing after it either: what it had computed when it was cut
+    # is dropped on its return (its jobs were given back and ran again).
     assert max(int(r["attempts"]) for r in records) <= 2
     assert not [r for r in records if r["holder"] == old and float(r.get("started_at") or 0) > cut_at]
     stored_on_return = sum(1 for r in records if r["holder"] == old and float(r["finished_at"]) > cut_at)
     print(f"results of the old session stored after it was cut: {stored_on_return}, dropped as late: "
           f"{outcome.late_dropped}")
+    assert stored_on_return == 0
     # w1 noticed it was declared dead and came back under a new session.
     wait_until(lambda: (c.entry("w1") or {}).get("holder") not in (None, old), 60)
+
+
+def placement_of(c, model_id: str) -> dict:
+    models = requests.get(c.url + "/models", timeout=10).json()["models"]
+    return next(m for m in models if m["model_id"] == model_id)["placement"] or {}
+
+
+def test_a_cut_host_s_placed_model_is_re_placed_and_every_job_succeeds(two_hosts, minilm_dir):
+    """One replica of a model, on the host that is cut: another worker loads it, and serves every job."""
+    c = two_hosts
+    model = "minilm-placed"
+    if not (minilm_dir / model).exists():
+        (minilm_dir / model).symlink_to(minilm_dir / "minilm", target_is_directory=True)
+    response = requests.put(f"{c.url}/models/{model}/placement", json={"replicas": 1, "wait": 120},
+                            headers=ADMIN, timeout=180)
+    assert response.status_code == 200, response.text
+    wait_until(lambda: placement_of(c, model).get("converged"), 120, step=0.5)
+    (first,) = placement_of(c, model)["serving_on"]
+    role = first.split("@")[0]
+    other = c.worker_name("w2" if role == "w1" else "w1")
+    ledger = Ledger(c.redis_url, c.url)
+    ledger.submit_many([{**body, "model_id": model} for body in bodies(60, start=3000)])
+    t0 = time.monotonic()
+    c.cut(role)
+    try:
+        moved = wait_until(lambda: placement_of(c, model).get("serving_on") == [other], 120, step=0.5) - t0
+        outcome = ledger.wait(timeout=180, since=t0)
+    finally:
+        c.restore(role)
+    print(f"{model} served by {first}; its host cut; served by {other} {moved:.1f} s later; {outcome}")
+    assert outcome.accepted == 60 and outcome.succeeded == 60
+    assert outcome.lost == 0 and outcome.run_twice == 0 and outcome.failed == {}
+    # Back online, the old worker rejoins; the model keeps one replica, not two.
+    wait_until(lambda: (c.entry(role) or {}).get("holder") is not None, 60)
+    wait_until(lambda: placement_of(c, model)["serving_on"] == [other], 60, step=0.5)
+    time.sleep(3)  # six heartbeats: rounds that would place a second replica have run
+    assert placement_of(c, model)["serving_on"] == [other] and placement_of(c, model)["converged"]
+    assert requests.delete(f"{c.url}/models/{model}/placement", headers=ADMIN, timeout=60).status_code == 200
 
 
 def test_down_after_a_crash_of_the_tool_leaves_nothing(minilm_dir, tmp_path):
