@@ -39,7 +39,7 @@ from bench.__main__ import cpu_model
 from bench.harness import Progress
 from bench.load import sentences
 from common import protocol
-from common.cache import CACHE_PREFIX
+from common.cache_keys import CACHE_PREFIX
 from common.deliveries import DELIVERIES_PREFIX
 from common.settings import (
     DEFAULT_CACHE_TTL,

@@ -6,7 +6,7 @@ time holds ASSIGN_LOCK_KEY: it reads the model placements, the live
 workers (their heartbeats, as the webapp and the reaper see them) and
 each one's placement, decides with the pure function `assign`, and writes
 the changes with common/lua/assign.lua, which writes nothing if the lock
-is no longer this round's. Each worker's reconcile (tasks/management.py)
+is no longer this round's. Each worker's reconcile (tasks/model_manager.py)
 then loads or unloads what its own placement says.
 
 Why this converges without flapping or overshooting:

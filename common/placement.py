@@ -7,7 +7,7 @@ a hash of model id -> task): the webapp writes it for the workers it
 targets, and each worker for every change it makes itself (a load it was
 asked for, an eviction). A worker that starts under a name loads what that
 name served; a running worker compares what it serves with its placement
-every few heartbeats and converges (tasks/management.py).
+every few heartbeats and converges (tasks/model_manager.py).
 
 A placement hash always holds the field PRESENT: a worker whose placement
 is missing altogether (Redis lost it) re-records what it serves instead of

@@ -21,11 +21,11 @@ import time
 
 from common import failpoints, logcontext
 from common.budget import items_per_batch
-from common.cache import cache_key
+from common.cache_keys import cache_key
 from common.errors import DeadlineExceeded, InferenceFailed, ServiceError, WorkerLost
 from model_store.store import default_parameters
 from tasks.fairness import FairShare
-from tasks.jobs import Job
+from tasks.job import Job
 from tasks.lane_changes import LaneChanges
 from tasks.lanes import Lane, calibrate, encode
 from tasks.planning import Item, plan_batch, run_isolating
@@ -38,7 +38,7 @@ class Batcher(LaneChanges):
 
     def __init__(self, settings, reporter, holder=lambda: "", on_room=lambda: None, spans=None):
         self.reporter = reporter
-        self._spans = spans  # tasks.tracing.BatchSpans when tracing is on, else None
+        self._spans = spans  # tasks.job_spans.BatchSpans when tracing is on, else None
         self.max_items = settings.max_batch_size
         self.max_tokens = settings.max_batch_tokens
         self.max_wait_s = settings.max_wait_ms / 1000.0

@@ -13,7 +13,7 @@ import logging
 
 from common import logcontext
 from common.errors import InferenceFailed, ServiceError
-from tasks.jobs import Job
+from tasks.job import Job
 from tasks.lanes import Lane, calibrate
 from tasks.planning import Item, plan_batch
 

@@ -17,7 +17,7 @@ from common.errors import InferenceFailed, ServiceError
 from common.params import validate_parameters
 from model_store.store import default_parameters
 from tasks.costmodel import CALIBRATION_SHAPES, CostModel, measure
-from tasks.jobs import Job
+from tasks.job import Job
 from tasks.planning import Item
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from common import batchstats, envelope, logcontext, lua, protocol
 from common.batchstats import BatchStats
 from common.deliveries import TOMBSTONE_PREFIX, deliveries_key
 from common.errors import ServiceError
-from tasks.jobs import Job
+from tasks.job import Job
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import orjson
 import redis
 from celery import bootsteps, signals
 
-from common import envelope, failpoints, logcontext, protocol, tracing
+from common import envelope, failpoints, logcontext, otel, protocol
 from common.assignment import Assigner
 from common.deliveries import Reaper
 from common.errors import ModelNotFound
@@ -34,8 +34,8 @@ from model_store.registry import ModelRegistry
 from model_store.store import ModelStore
 from tasks.batcher import Batcher
 from tasks.heartbeat import Heartbeat
-from tasks.jobs import InvalidJob, Job, invalid_job_error, job_from_envelope
-from tasks.management import ModelManager, gpu_memory, rss_bytes
+from tasks.job import InvalidJob, Job, invalid_job_error, job_from_envelope
+from tasks.model_manager import ModelManager, gpu_memory, rss_bytes
 from tasks.reporting import Reporter
 from tasks.sources import KombuSource, RedisSource, make_source
 
@@ -48,11 +48,11 @@ log = logging.getLogger(__name__)
 
 
 def _batch_spans(worker: str):
-    """The worker's span recorder when tracing is configured (common/tracing.py), else None."""
-    tracer = tracing.setup("atf-worker")
+    """The worker's span recorder when tracing is configured (common/otel.py), else None."""
+    tracer = otel.setup("atf-worker")
     if tracer is None:
         return None
-    from tasks.tracing import BatchSpans
+    from tasks.job_spans import BatchSpans
 
     return BatchSpans(tracer, worker)
 

@@ -62,10 +62,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.json = OrjsonProvider(app)
     logcontext.configure_root(settings.log_format, settings.log_level)
 
-    from webapp import accesslog, auth, errors, metrics, ratelimit, requestids, services, tracing
+    from webapp import accesslog, auth, errors, metrics, ratelimit, request_spans, requestids, services
     from webapp.views import admin, docs, health, inventory, predict
 
-    tracing.init_app(app)  # first: its span covers every later hook, and jobs read whether it is on
+    request_spans.init_app(app)  # first: its span covers every later hook, and jobs read whether it is on
     requestids.init_app(app)  # first: every later hook and every log line may use the ids
     accesslog.init_app(app)
     services.init_app(app, settings)

@@ -169,7 +169,7 @@ def init_app(app: Flask) -> None:
 
         multiprocess.MultiProcessCollector(registry)
     else:
-        from webapp.cache import CACHE_HITS, CACHE_MISSES, COALESCED
+        from webapp.response_cache import CACHE_HITS, CACHE_MISSES, COALESCED
 
         for collector in (REQUESTS, LATENCY, JOBS, CACHE_HITS, CACHE_MISSES, COALESCED):
             registry.register(collector)

@@ -4,14 +4,14 @@
 replaced by a generated one otherwise; `traceparent` is kept when well
 formed and dropped otherwise. Every response, errors included, carries
 the request id back, and jobs the request creates carry both
-(webapp/jobs.py).
+(webapp/job_service.py).
 """
 
 from __future__ import annotations
 
 from flask import Flask, g, request
 
-from common import tracing
+from common import otel
 from common.requestid import (
     REQUEST_ID_HEADER,
     TRACEPARENT_HEADER,
@@ -28,7 +28,7 @@ def request_id() -> str:
 
 def traceparent() -> str | None:
     """The trace context its jobs carry: this request's span when tracing is on, else the one it sent (if valid)."""
-    return tracing.traceparent() or _ids()[1]
+    return otel.traceparent() or _ids()[1]
 
 
 def _ids() -> tuple[str, str | None]:

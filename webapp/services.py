@@ -12,9 +12,9 @@ from common import protocol
 from common.errors import BrokerUnavailable, ModelNotFound, ModelNotLoaded, NoWorkers, ValidationFailed
 from common.settings import Settings
 from model_store.store import ModelInfo, ModelStore
-from webapp.cache import ResponseCache
-from webapp.jobs import JobService
-from webapp.management import ModelAdmin
+from webapp.job_service import JobService
+from webapp.model_admin import ModelAdmin
+from webapp.response_cache import ResponseCache
 from webapp.workers import WorkerDirectory
 
 # How long the webapp trusts what it read of a model directory. A rebuilt

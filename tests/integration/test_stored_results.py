@@ -11,7 +11,7 @@ import pytest
 from common import protocol
 from common.settings import DEFAULT_DELIVERED_RESULT_TTL, DEFAULT_RESULT_TTL
 from tests.helpers import wait_for_status
-from webapp.jobs import DELIVERED_FLUSH_S
+from webapp.job_service import DELIVERED_FLUSH_S
 
 _NUMBER = re.compile(rb"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 

@@ -34,10 +34,10 @@ from common.requestid import REQUEST_ID_KEY
 from common.settings import Settings
 from devtools.processes import PYTHON
 from devtools.redis_server import EmbeddedRedis
-from tasks.jobs import Job, job_from_envelope
+from tasks.job import Job, job_from_envelope
 from tasks.reporting import Reporter
 from tests.integration import stock_celery
-from webapp.jobs import JobService, outcome
+from webapp.job_service import JobService, outcome
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,8 +1,8 @@
 """Cache keys and the level-1 bounds."""
 
-from common.cache import cache_key
+from common.cache_keys import cache_key
 from common.settings import Settings
-from webapp.cache import ResponseCache
+from webapp.response_cache import ResponseCache
 
 
 def test_keys_change_with_every_part_and_ignore_key_order():

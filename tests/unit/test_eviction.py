@@ -3,7 +3,7 @@
 from types import SimpleNamespace
 
 from tasks.control import load_model
-from tasks.management import least_recently_used
+from tasks.model_manager import least_recently_used
 
 
 def test_least_recently_used_leaves_out_what_is_kept():

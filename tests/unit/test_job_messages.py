@@ -7,7 +7,7 @@ import pytest
 
 from common import envelope
 from common.envelope import Envelope
-from tasks.jobs import InvalidJob, job_from_envelope
+from tasks.job import InvalidJob, job_from_envelope
 
 
 def message(args=(), kwargs=None, job_id="job-1", reply_to="atf:replies:x", content_type="application/json",

@@ -9,7 +9,7 @@ from common import envelope, protocol
 from common.envelope import Envelope
 from common.errors import InferenceFailed, ValidationFailed
 from common.settings import Settings
-from tasks.jobs import Job
+from tasks.job import Job
 from tasks.reporting import Reporter
 from webapp.publisher import RedisPublisher
 

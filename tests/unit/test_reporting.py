@@ -10,7 +10,7 @@ import pytest
 
 from common import protocol
 from common.settings import Settings
-from tasks.jobs import Job
+from tasks.job import Job
 from tasks.reporting import Reporter
 
 _NUMBER = re.compile(rb"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")

@@ -26,11 +26,10 @@ from common import protocol
 from common.settings import Settings
 from model_store.store import ModelStore
 from tests.unit.test_store import make_model
-from webapp import cache as cache_module
-from webapp import management, services
-from webapp.cache import ResponseCache
-from webapp.jobs import JobService
-from webapp.management import ModelAdmin
+from webapp import model_admin, response_cache, services
+from webapp.job_service import JobService
+from webapp.model_admin import ModelAdmin
+from webapp.response_cache import ResponseCache
 from webapp.results import ResultListener
 from webapp.services import ModelCatalog
 from webapp.workers import WorkerDirectory
@@ -130,7 +129,7 @@ class PausingRedis:
 
 def test_model_sources_survive_concurrent_expiry_and_switches(client, frequent_switches, monkeypatch):
     """sources() and set_source() from 64 threads, the cache expiring constantly: no KeyError, no wrong source."""
-    monkeypatch.setattr(management, "SOURCES_TTL_S", TINY_TTL_S)
+    monkeypatch.setattr(model_admin, "SOURCES_TTL_S", TINY_TTL_S)
     admin = ModelAdmin(Settings(redis_url=REDIS_URL), client, workers=None)
     allowed = {"m", "m-v2", "m-v3"}
 
@@ -185,7 +184,7 @@ def test_catalog_describe_and_forget_from_many_threads(tmp_path, frequent_switch
 
 def test_response_cache_under_constant_eviction_and_expiry(client, frequent_switches, monkeypatch):
     """lookup() and remember_outputs() from 64 threads on a tiny, fast-expiring level 1: only right outputs."""
-    monkeypatch.setattr(cache_module, "TTLCache", small_and_short_lived())  # bounded below by items and bytes
+    monkeypatch.setattr(response_cache, "TTLCache", small_and_short_lived())  # bounded below by items and bytes
     cache = ResponseCache(Settings(redis_url=REDIS_URL, cache_ttl=60, cache_l1_items=8, cache_l1_bytes=100), client)
     keys = cache.keys("fp", "feature-extraction", [f"text {n}" for n in range(32)], {})
     expected = {key: orjson.dumps([n, key[-6:]]) for n, key in enumerate(keys)}

@@ -5,8 +5,8 @@ import time
 import pytest
 
 from common.errors import InferenceFailed
-from common.tracing import exporters_asked
-from tasks.jobs import Job
+from common.otel import exporters_asked
+from tasks.job import Job
 
 
 @pytest.mark.parametrize("env, asked", [
@@ -30,7 +30,7 @@ def recorded():
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from tasks.tracing import BatchSpans
+    from tasks.job_spans import BatchSpans
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

@@ -13,7 +13,7 @@ from common.params import validate_item, validate_parameters
 from common.requestid import printable_id
 from model_store.store import default_parameters
 from webapp.body import read_body
-from webapp.jobs import outcome
+from webapp.job_service import outcome
 from webapp.metrics import JOBS
 from webapp.requestids import request_id, traceparent
 from webapp.schemas import PredictRequest, parse_json, parse_predict

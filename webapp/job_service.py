@@ -20,7 +20,7 @@ import orjson
 import redis
 from kombu.exceptions import KombuError, OperationalError
 
-from common import envelope, lua, protocol, tracing
+from common import envelope, lua, otel, protocol
 from common.deliveries import Deliveries, Reaper
 from common.errors import (
     BrokerUnavailable,
@@ -33,8 +33,8 @@ from common.errors import (
 )
 from common.requestid import REQUEST_ID_KEY, message_headers
 from common.settings import Settings
-from webapp.cache import COALESCED
 from webapp.publisher import CeleryPublisher, RedisPublisher, make_publisher
+from webapp.response_cache import COALESCED
 from webapp.results import ResultListener, Waiter, wait_for
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class JobService:
         self._inflight_lock = threading.Lock()
         self._delivered: queue.SimpleQueue = queue.SimpleQueue()  # job ids whose keys to shorten
         self._delivered_pid: int | None = None
-        self._traced = tracing.enabled()  # messages say when they were queued (the worker's queue wait span)
+        self._traced = otel.enabled()  # messages say when they were queued (the worker's queue wait span)
 
     # -- publishing -------------------------------------------------------
 
@@ -137,7 +137,7 @@ class JobService:
                 expires = datetime.fromtimestamp(time.time() + timeout, timezone.utc).isoformat()
             headers = message_headers(request_id, traceparent)
             if self._traced:
-                headers[tracing.ENQUEUED_AT_KEY] = created_at
+                headers[otel.ENQUEUED_AT_KEY] = created_at
             self.publisher.publish(job_id, model_id, kwargs, self.listener.channel, record, expires, headers=headers)
         except _REDIS_ERRORS + (KombuError, OperationalError) as exc:
             log.warning("job %s: cannot queue it: %s", job_id, exc, extra={"job_id": job_id})

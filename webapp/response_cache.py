@@ -5,7 +5,7 @@ one MGET for all level-1 misses), and only the misses go to a worker. The
 workers write level 2 as they store results (tasks/reporting.py); this
 process keeps what it reads or receives in level 1, a TTL LRU bounded by
 entries and by bytes. Keys carry the fingerprint of the weights that
-computed the output (common/cache.py): a switched or reloaded model has a
+computed the output (common/cache_keys.py): a switched or reloaded model has a
 new fingerprint, so its old entries are never read again.
 """
 
@@ -18,7 +18,7 @@ import redis
 from cachetools import TTLCache
 from prometheus_client import Counter
 
-from common.cache import cache_key
+from common.cache_keys import cache_key
 from common.settings import Settings
 
 # Named as Triton names its cache metrics (nv_cache_num_hits_per_model, ...).

@@ -28,8 +28,8 @@ import time
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from common import tracing
-from tasks.jobs import Job
+from common import otel
+from tasks.job import Job
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class BatchSpans:
         when) or, from a client that did not say, when this worker got it.
         A job that came without a traceparent starts its trace here.
         """
-        parent = tracing.remote_context(job.traceparent)
+        parent = otel.remote_context(job.traceparent)
         attributes = {"atf.model_id": job.model_id, "atf.job_id": job.id, "atf.worker": self._worker}
         if job.request_id:
             attributes["atf.request_id"] = job.request_id
@@ -101,7 +101,7 @@ class BatchSpans:
 def _enqueued_at(job: Job) -> float:
     """When the job was queued, from its message; never after this worker got it (clocks differ)."""
     headers = job.message.headers if job.message is not None else {}
-    sent = headers.get(tracing.ENQUEUED_AT_KEY)
+    sent = headers.get(otel.ENQUEUED_AT_KEY)
     if isinstance(sent, (int, float)) and not isinstance(sent, bool) and 0 < sent < job.received_at:
         return float(sent)
     return job.received_at

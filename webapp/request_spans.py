@@ -4,7 +4,7 @@ The server span comes from the kept Flask instrumentation, which also
 continues the trace of an incoming `traceparent`. A job's message then
 carries this span's traceparent instead of the client's
 (webapp/requestids.py), so the worker's spans hang under the request that
-queued the job, and the time it was queued (webapp/jobs.py). Off, none of
+queued the job, and the time it was queued (webapp/job_service.py). Off, none of
 this is installed.
 """
 
@@ -14,7 +14,7 @@ import os
 
 from flask import Flask
 
-from common import tracing
+from common import otel
 
 # Probes and scrapes come every few seconds and say nothing about a job:
 # no spans for them, unless OTEL_PYTHON_FLASK_EXCLUDED_URLS says otherwise.
@@ -27,7 +27,7 @@ def init_app(app: Flask) -> bool:
     Called before the other hooks are registered, so that requests refused
     early (401, 429) get their span too.
     """
-    if tracing.setup("atf-webapp") is None:
+    if otel.setup("atf-webapp") is None:
         return False
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
 

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from common.cache import cache_key
+from common.cache_keys import cache_key
 from common.envelope import BadEnvelope, Envelope, arguments
 from common.errors import ServiceError, ValidationFailed
 from common.protocol import INFER_TASK
@@ -55,7 +55,7 @@ class Job:
     # From the message's headers (common/requestid.py); None from a client that sent none.
     request_id: str | None = None
     traceparent: str | None = None
-    trace_parent: object = None  # tracing on: the context its batch spans go under (tasks/tracing.py)
+    trace_parent: object = None  # tracing on: the context its batch spans go under (tasks/job_spans.py)
 
     def __post_init__(self):
         self.params_key = json.dumps(self.params, sort_keys=True)
