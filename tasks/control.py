@@ -53,7 +53,7 @@ def loaded_models(state, **_):
     """Models on this worker: task, source directory, fingerprint, state."""
     serving = _serving(state)
     out = {}
-    for model in serving.registry.loaded().values():
+    for model in serving.models.loaded().values():
         out[model.model_id] = {"task": model.task, "source": model.source, "fingerprint": model.fingerprint,
                                "device": model.device, "state": serving.manager.state_of(model.model_id)}
     for model_id, info in list(serving.manager.states.items()):

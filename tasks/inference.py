@@ -22,24 +22,24 @@ from tasks import app
 _local = threading.local()
 
 
-def _local_registry():
+def _local_models():
     from model_store.devices import detect_device
-    from model_store.registry import ModelRegistry
+    from model_store.loaded_models import LoadedModels
 
-    registry = getattr(_local, "registry", None)
-    if registry is None:
+    models = getattr(_local, "models", None)
+    if models is None:
         settings = get_settings()
         device = detect_device(settings.worker_device)
-        registry = _local.registry = ModelRegistry(ModelStore(settings.model_dir), device)
-    return registry
+        models = _local.models = LoadedModels(ModelStore(settings.model_dir), device)
+    return models
 
 
 @app.task(name=INFER_TASK, Strategy="tasks.consumer:batching_strategy", acks_late=True, typing=False)
 def infer(model_id, inputs, parameters=None, is_list=None):
     """Run `inputs` through `model_id` and return outputs in the shape of `inputs`."""
     settings = get_settings()
-    registry = _local_registry()
-    loaded = registry.load(model_id)
+    models = _local_models()
+    loaded = models.load(model_id)
     single = not isinstance(inputs, list) if is_list is None else not is_list
     items = [inputs] if not isinstance(inputs, list) else inputs
     defaults = default_parameters(loaded.info, loaded.task)

@@ -124,7 +124,7 @@ class ModelManager:
         state = self.state_of(model_id)
         if state in (protocol.LOADED, protocol.LOADING):
             return {"ok": f"{model_id}: {state}", "model_id": model_id, "state": state, "version": self.version}
-        if not self.serving.registry.store.exists(self.source_of(model_id)):
+        if not self.serving.models.store.exists(self.source_of(model_id)):
             self._placement(lambda: self.placement.drop(self.name, model_id))
             return {"error": f"model {model_id!r} is not in the store", "model_id": model_id}
         self._placement(lambda: self.placement.want(self.name, model_id, task))
@@ -148,7 +148,7 @@ class ModelManager:
                 "version": self.version}
 
     def request_switch(self, model_id: str, source: str) -> dict:
-        if not self.serving.registry.store.exists(source):
+        if not self.serving.models.store.exists(source):
             return {"error": f"model {source!r} is not in the store", "model_id": model_id}
         if self.state_of(model_id) is None:
             return {"ok": f"{model_id}: not loaded here", "model_id": model_id, "state": "unloaded"}
@@ -168,7 +168,7 @@ class ModelManager:
             wanted = self.placement.of(self.name)
         except (redis.RedisError, OSError):
             return
-        loaded = self.serving.registry.loaded()
+        loaded = self.serving.models.loaded()
         if wanted is None:
             self._placement(lambda: self.placement.record(self.name, {m: model.task for m, model in loaded.items()}))
             return
@@ -231,7 +231,7 @@ class ModelManager:
             self._make_room(model_id, on_demand)
             release_memory(serving.device)
             self.memory[model_id] = {"rss_before_load": rss_bytes(), "cuda_before_load": cuda_bytes(serving.device)}
-            loaded = serving.registry.load(model_id, task, self.source_of(model_id))
+            loaded = serving.models.load(model_id, task, self.source_of(model_id))
             self.memory[model_id]["weights_bytes"] = loaded.runner.memory_bytes()
             serving.batcher.add_model(loaded, on_ready=self._ready)
         except (ServiceError, ModelNotFound) as exc:
@@ -272,7 +272,7 @@ class ModelManager:
             serving.source.hand_back(unstarted)
             log.info("unloading %s: %d job(s) not started are back in its queue", model_id, len(unstarted))
         before = rss_bytes()
-        old = serving.registry.unload(model_id)
+        old = serving.models.unload(model_id)
         del old
         release_memory(serving.device)
         after = rss_bytes()
@@ -288,16 +288,16 @@ class ModelManager:
 
     def _switch(self, model_id: str, source: str) -> None:
         serving = self.serving
-        current = serving.registry.loaded().get(model_id)
+        current = serving.models.loaded().get(model_id)
         if current is None:
             return
-        if current.source == source and current.fingerprint == serving.registry.store.describe(source).fingerprint:
+        if current.source == source and current.fingerprint == serving.models.store.describe(source).fingerprint:
             return  # already serving exactly these files
         self.states[model_id] = {"state": protocol.LOADED, "switching_to": source}
         try:
-            new = serving.registry.build(model_id, current.task, source)
+            new = serving.models.build(model_id, current.task, source)
             old = serving.batcher.replace_model(new)
-            serving.registry.replace(new)
+            serving.models.replace(new)
             log.info("%s now served from %s (fingerprint %s -> %s)", model_id, source, current.fingerprint,
                      new.fingerprint)
             del old, current
@@ -319,7 +319,7 @@ class ModelManager:
         can cause one) never evicts a preloaded model either. When no loaded
         model may go, the load fails with the reason.
         """
-        loaded = self.serving.registry.loaded()
+        loaded = self.serving.models.loaded()
         cap = self.serving.settings.max_models_per_worker
         if model_id in loaded or len(loaded) < cap:
             return

@@ -30,7 +30,7 @@ from common.protocol import LOADED, model_for_queue, queue_for
 from common.requestid import REQUEST_ID_KEY, printable_id, valid_request_id
 from common.settings import get_settings
 from model_store.devices import detect_device
-from model_store.registry import ModelRegistry
+from model_store.loaded_models import LoadedModels
 from model_store.store import ModelStore
 from tasks.batcher import Batcher
 from tasks.heartbeat import Heartbeat
@@ -67,7 +67,7 @@ class ModelServing(bootsteps.StartStopStep):
         c.atf_serving = self
         self.consumer = c
         self.settings = get_settings()
-        self.registry: ModelRegistry | None = None
+        self.models: LoadedModels | None = None
         self.source: RedisSource | KombuSource | None = None
         self.reporter: Reporter | None = None
         self.heartbeat: Heartbeat | None = None
@@ -80,13 +80,13 @@ class ModelServing(bootsteps.StartStopStep):
         self._ticks = 0
 
     def start(self, c):
-        if self.registry is None:  # first start; later ones are reconnections
+        if self.models is None:  # first start; later ones are reconnections
             settings = self.settings
             if failpoints.active:
                 log.warning("ATF_FAILPOINTS is set (%s): this worker provokes faults on purpose",
                             failpoints.describe())
             self.device = detect_device(settings.worker_device)
-            self.registry = ModelRegistry(ModelStore(settings.model_dir), self.device)
+            self.models = LoadedModels(ModelStore(settings.model_dir), self.device)
             self.source = make_source(settings, c, self.take_delivery, lambda model_id: self.batcher.room(model_id))
             self.reporter = Reporter(settings, c, self.source)
             self.batcher = Batcher(settings, self.reporter, holder=self.holder, on_room=self.source.wake,
@@ -146,7 +146,7 @@ class ModelServing(bootsteps.StartStopStep):
 
     def model_bytes(self, model_id: str) -> int:
         """The size of the files serving `model_id` (what the assigner checks against free device memory)."""
-        return self.registry.store.describe(self.manager.source_of(model_id)).size_bytes
+        return self.models.store.describe(self.manager.source_of(model_id)).size_bytes
 
     def heartbeat_poke(self) -> None:
         if self.heartbeat is not None:
@@ -257,7 +257,7 @@ class ModelServing(bootsteps.StartStopStep):
         `changing` the ones being loaded, unloaded or that failed to load.
         """
         changing = dict(self.manager.states)
-        serving = [m for m in self.registry.loaded().values()
+        serving = [m for m in self.models.loaded().values()
                    if self.batcher.serves(m.model_id)
                    and changing.get(m.model_id, {}).get("state", LOADED) == LOADED]
         return {

@@ -35,7 +35,7 @@ class LoadedModel:
         return self.info.fingerprint
 
 
-class ModelRegistry:
+class LoadedModels:
     """load / replace / unload / get of the models on one device."""
 
     def __init__(self, store: ModelStore, device: str):
@@ -45,7 +45,7 @@ class ModelRegistry:
         self._lock = threading.Lock()
 
     def build(self, model_id: str, task: str | None = None, source: str | None = None) -> LoadedModel:
-        """Load weights for `model_id` (from directory `source`, default itself) without registering them."""
+        """Load weights for `model_id` (from directory `source`, default itself) without adding them."""
         from model_store.loader import load_runner
 
         started = time.perf_counter()
@@ -55,7 +55,7 @@ class ModelRegistry:
                            load_seconds=time.perf_counter() - started)
 
     def load(self, model_id: str, task: str | None = None, source: str | None = None) -> LoadedModel:
-        """Load and register `model_id` (a no-op when it is loaded already)."""
+        """Load and add `model_id` (a no-op when it is loaded already)."""
         with self._lock:
             loaded = self._models.get(model_id)
         if loaded is not None:
@@ -65,7 +65,7 @@ class ModelRegistry:
             return self._models.setdefault(model_id, loaded)
 
     def replace(self, loaded: LoadedModel) -> LoadedModel | None:
-        """Register a new version of a model; return the one it replaces."""
+        """Put a new version of a model in place; return the one it replaces."""
         with self._lock:
             old = self._models.get(loaded.model_id)
             self._models[loaded.model_id] = loaded
