@@ -104,7 +104,7 @@ class ModelServing(bootsteps.StartStopStep):
             # `-Q infer.<model_id>` on the command line asks for that model too;
             # its queue is consumed once the model is ready, like any other.
             named = [model_for_queue(q.name) for q in c.task_consumer.queues]
-            wanted = list(settings.preload_models) + [m for m in named if m and q_is_model(m, c)]
+            wanted = list(settings.preload_models) + [m for m in named if m and not is_default_queue(m, c)]
             self.manager.preloaded = frozenset(wanted)  # never evicted by an on-demand load
             for q in list(c.task_consumer.queues):
                 if model_for_queue(q.name):
@@ -322,6 +322,6 @@ class ModelServing(bootsteps.StartStopStep):
             self.heartbeat.stop()
 
 
-def q_is_model(model_id: str, c) -> bool:
-    """True unless the queue is the app's default queue (`infer.default`)."""
-    return queue_for(model_id) != c.app.conf.task_default_queue
+def is_default_queue(model_id: str, c) -> bool:
+    """True when `model_id`'s queue is the app's default queue (`infer.default`), which names no model."""
+    return queue_for(model_id) == c.app.conf.task_default_queue
