@@ -38,7 +38,7 @@ import redis
 from common import lua
 from common.deliveries import MISSED_BEATS
 from common.placement import PLACEMENT_PREFIX, PRESENT, ModelPlacement, ModelPlacements, placement_key
-from common.protocol import KEY_PREFIX, LOAD_FAILED, WORKERS_KEY
+from common.protocol import KEY_PREFIX, WORKERS_KEY, is_load_failure
 from common.settings import DEFAULT_MAX_MODELS_PER_WORKER
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def worker_load(entry: dict, placed: Iterable[str]) -> WorkerLoad:
     return WorkerLoad(
         name=entry["name"], placed=frozenset(placed), serving=frozenset(entry.get("models") or {}),
         failed=frozenset(m for m, c in (entry.get("changing") or {}).items()
-                         if isinstance(c, dict) and c.get("state") == LOAD_FAILED),
+                         if isinstance(c, dict) and is_load_failure(c.get("state"))),
         capacity=int(entry.get("max_models") or DEFAULT_MAX_MODELS_PER_WORKER),
         free_bytes=gpu.get("free"))
 

@@ -30,6 +30,17 @@ DEAD_LETTERS_KEPT = 1000
 # Model states a worker reports in its registry entry.
 LOADING, LOADED, UNLOADING, LOAD_FAILED = "loading", "loaded", "unloading", "error"
 
+
+def load_failure(reason: str) -> str:
+    """A target's state in an admin answer when its load failed: `error: <reason>`."""
+    return f"{LOAD_FAILED}: {reason}"
+
+
+def is_load_failure(state: str | None) -> bool:
+    """Whether a model state says its load failed: LOAD_FAILED in a registry entry, load_failure() in an answer."""
+    return state is not None and (state == LOAD_FAILED or state.startswith(LOAD_FAILED + ": "))
+
+
 # Job states as the API names them.
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued", "running", "succeeded", "failed", "cancelled",

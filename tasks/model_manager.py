@@ -136,7 +136,7 @@ class ModelManager:
     def request_unload(self, model_id: str) -> dict:
         self._placement(lambda: self.placement.drop(self.name, model_id))
         state = self.state_of(model_id)
-        if state is None or state == protocol.LOAD_FAILED:
+        if state is None or protocol.is_load_failure(state):
             if self.states.pop(model_id, None) is not None:
                 self._changed()
             return {"ok": f"{model_id}: not loaded", "model_id": model_id, "state": "unloaded", "version": self.version}
@@ -162,7 +162,7 @@ class ModelManager:
         should not, follows a switch it missed. Nothing while a change is
         under way; a missing placement is recorded from what is served.
         """
-        if self._pending or any(c.get("state") != protocol.LOAD_FAILED for c in list(self.states.values())):
+        if self._pending or any(not protocol.is_load_failure(c.get("state")) for c in list(self.states.values())):
             return
         try:
             wanted = self.placement.of(self.name)

@@ -115,11 +115,14 @@ class ModelAdmin:
             if model_id in entry.get("models", {}):
                 return protocol.LOADED
             change = entry.get("changing", {}).get(model_id, {})
-            if change.get("state") == protocol.LOAD_FAILED:
-                return f"error: {change.get('error')}"
+            if protocol.is_load_failure(change.get("state")):
+                return protocol.load_failure(change.get("error"))
             return change.get("state", protocol.LOADING)
 
-        return self._follow(targets, replies, state, lambda s: s == protocol.LOADED or s.startswith("error"), wait)
+        def finished(s):
+            return s == protocol.LOADED or protocol.is_load_failure(s)
+
+        return self._follow(targets, replies, state, finished, wait)
 
     def unload(self, model_id: str, names: list[str] | None, wait: float) -> dict:
         self.refuse_if_placed(model_id)
@@ -162,7 +165,7 @@ class ModelAdmin:
             if model.get("fingerprint") == fingerprint:
                 return "switched"
             error = entry.get("changing", {}).get(model_id, {}).get("error")
-            return f"error: {error}" if error else "switching"
+            return protocol.load_failure(error) if error else "switching"
 
         return self._follow(targets, replies, state, lambda s: s != "switching", wait)
 
@@ -276,7 +279,7 @@ class ModelAdmin:
             for name in targets:
                 reply = replies.get(name, {})
                 if "error" in reply:
-                    states[name] = f"error: {reply['error']}"
+                    states[name] = protocol.load_failure(reply["error"])
                 elif name not in entries:
                     states[name] = "gone"
                 elif entries[name].get("version", 0) < reply.get("version", 0):
@@ -285,7 +288,7 @@ class ModelAdmin:
                     states[name] = reply.get("state", "pending")
                 else:
                     states[name] = state(entries[name])
-            if all(finished(s) or s.startswith("error") or s == "gone" for s in states.values()):
+            if all(finished(s) or protocol.is_load_failure(s) or s == "gone" for s in states.values()):
                 return states
             if time.monotonic() >= deadline:
                 return states

@@ -116,7 +116,7 @@ class Services:
         changes = [w.get("changing", {}).get(model_id, {}) for w in live]
         if any(change.get("state") == protocol.LOADING for change in changes):
             return
-        failed = [change["error"] for change in changes if change.get("state") == protocol.LOAD_FAILED]
+        failed = [change["error"] for change in changes if protocol.is_load_failure(change.get("state"))]
         if self.settings.autoload:
             if self.admin.autoload(model_id, live) or not failed:
                 return

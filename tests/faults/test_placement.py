@@ -6,6 +6,7 @@ import time
 
 import requests
 
+from common import protocol
 from common.placement import Placement
 from tests.faults.test_workers import bodies, ready, wait_until
 from tests.helpers import LONG
@@ -76,5 +77,5 @@ def test_eviction_never_strands_jobs_waiting_for_a_model(cluster, report):
     loaded = admin(app, "load", model_id="tiny-ner")["workers"][worker.name]  # nothing waits now: evicts one
     report(fault="loading a 3rd model while MAX_MODELS_PER_WORKER=2 models have jobs waiting", broker="redis",
            outcome=outcome, note=f"the load answered `{refused}`; once the jobs were done it was `{loaded}`")
-    assert refused.startswith("error") and "MAX_MODELS_PER_WORKER" in refused
+    assert protocol.is_load_failure(refused) and "MAX_MODELS_PER_WORKER" in refused
     assert outcome.succeeded == 41 and outcome.lost == 0 and loaded == "loaded"

@@ -169,7 +169,7 @@ def test_on_demand_loads_never_evict_a_preloaded_model(redis_url, model_dir, log
                                timeout=60)
         assert queued.status_code == 202, queued.text
         deadline = time.monotonic() + 60
-        while changing("tiny-gpt2").get("state") != protocol.LOAD_FAILED:
+        while not protocol.is_load_failure(changing("tiny-gpt2").get("state")):
             assert time.monotonic() < deadline, w.entry()
             time.sleep(0.2)
         reason = changing("tiny-gpt2")["error"]
