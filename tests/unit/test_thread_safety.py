@@ -26,12 +26,13 @@ from common import protocol
 from common.settings import Settings
 from model_store.store import ModelStore
 from tests.unit.test_store import make_model
-from webapp import model_admin, response_cache, services
+from webapp import catalog as catalog_module
+from webapp import model_admin, response_cache
+from webapp.catalog import ModelCatalog
 from webapp.job_service import JobService
 from webapp.model_admin import ModelAdmin
 from webapp.response_cache import ResponseCache
 from webapp.results import ResultListener
-from webapp.services import ModelCatalog
 from webapp.workers import WorkerDirectory
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -165,7 +166,7 @@ def test_catalog_describe_and_forget_from_many_threads(tmp_path, frequent_switch
     ids = [f"model-{n}" for n in range(8)]
     for model_id in ids:
         make_model(tmp_path, model_id)
-    monkeypatch.setattr(services, "TTLCache", small_and_short_lived(4))
+    monkeypatch.setattr(catalog_module, "TTLCache", small_and_short_lived(4))
     catalog = ModelCatalog(ModelStore(tmp_path))
 
     def step(i):

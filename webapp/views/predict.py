@@ -12,6 +12,7 @@ from common.budget import check_request_budget
 from common.params import validate_item, validate_parameters
 from common.requestid import printable_id
 from model_store.store import default_parameters
+from webapp import admission
 from webapp.body import read_body
 from webapp.job_service import outcome
 from webapp.metrics import JOBS
@@ -61,7 +62,7 @@ def _accept() -> Accepted:
     req = parse_predict(parse_json(read_body()), settings)
     logcontext.bind(model_id=req.model_id)  # until the request ends (webapp/accesslog.py)
     info = svc.catalog.describe(req.model_id)
-    task = svc.task_of(req.model_id, info)
+    task = admission.task_of(svc, req.model_id, info)
     defaults = default_parameters(info, task)
     params = validate_parameters(task, req.parameters, defaults, settings.max_new_tokens)
     for i, item in enumerate(req.items):
@@ -69,10 +70,10 @@ def _accept() -> Accepted:
                       info.mask_token)
     check_request_budget(task, params, req.items, settings, defaults, info.mask_token)
     accepted = Accepted(req, task, params)
-    accepted.cached, accepted.cache_keys, accepted.cache_level = svc.cached_outputs(
-        req.model_id, task, req.items, params, req.use_cache)
+    accepted.cached, accepted.cache_keys, accepted.cache_level = admission.cached_outputs(
+        svc, req.model_id, task, req.items, params, req.use_cache)
     if not accepted.all_cached:  # a hit never touches the queue, nor needs a worker
-        svc.require_worker_for(req.model_id)
+        admission.require_worker_for(svc, req.model_id)
     return accepted
 
 
