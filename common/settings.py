@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
@@ -237,12 +237,6 @@ class Settings:
         if re.match(r"^(redis|rediss|unix)://", self.broker_url):
             urls["BROKER_URL"] = self.broker_url
         return urls
-
-    def with_overrides(self, **changes) -> "Settings":
-        """A copy with some fields changed (tests, the app factory)."""
-        new = replace(self, **changes)
-        new.check()
-        return new
 
 
 def _number(cast, noun: str, minimum, maximum=None):

@@ -37,7 +37,6 @@ _TASK_BY_ARCH_SUFFIX = (
     ("Model", "feature-extraction"),
 )
 
-POOLING_MODES = ("mean", "cls", "max", "lasttoken")
 # sentence-transformers' 1_Pooling/config.json flags -> our pooling names.
 _POOLING_KEYS = (
     ("pooling_mode_mean_tokens", "mean"),

@@ -77,7 +77,7 @@ def test_an_input_either_joins_before_the_start_or_not_at_all():
         table.lead(leader)
         joined = []
 
-        def join(n):
+        def join(n, table=table, joined=joined):
             if table.join("k", FakeJob(str(n)), 0):
                 joined.append(n)
 
