@@ -144,6 +144,7 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 _DEVICE_RE = re.compile(r"auto|cpu|cuda|cuda:\d+")  # use fullmatch
 MODEL_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # use fullmatch
+MODEL_ID_PATTERN = f"^{MODEL_ID_RE.pattern}$"  # the same, anchored: for JSON Schema and messages
 
 
 @dataclass(frozen=True)
