@@ -7,8 +7,7 @@ import time
 import requests
 
 from common.placement import Placement
-from tests.faults.test_workers import bodies, ready, wait_until
-from tests.helpers import LONG
+from tests.helpers import LONG, bodies, ready, wait_until
 
 
 def serves(worker, model_id: str) -> bool:

@@ -8,8 +8,7 @@ import uuid
 import pytest
 import requests
 
-from tests.helpers import Webapp, Worker, batch_stats, long_texts, service_env
-from tests.integration.test_predict import close
+from tests.helpers import Webapp, Worker, batch_stats, close, long_texts, service_env
 
 
 @pytest.fixture(scope="module")

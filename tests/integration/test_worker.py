@@ -4,18 +4,21 @@ import subprocess
 import time
 
 import pytest
-from celery import Celery
 
 from common.deliveries import deliveries_key
 from common.settings import Settings
-from tests.helpers import LONG, PYTHON, ROOT, Worker, metric_value, scrape_metrics, service_env, wait_for_status
+from tests.helpers import (
+    LONG,
+    PYTHON,
+    ROOT,
+    Worker,
+    celery_client,
+    metric_value,
+    scrape_metrics,
+    service_env,
+    wait_for_status,
+)
 from webapp import create_app
-
-
-def celery_client(redis_url):
-    app = Celery("client", broker=redis_url, backend=redis_url)
-    app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
-    return app
 
 
 def test_a_malformed_job_fails_alone(api, redis_url):

@@ -25,7 +25,7 @@ from cachetools import TTLCache
 from common import protocol
 from common.settings import Settings
 from model_store.store import ModelStore
-from tests.unit.test_store import make_model
+from tests.helpers import make_model
 from webapp import cache as cache_module
 from webapp import management, services
 from webapp.cache import ResponseCache
