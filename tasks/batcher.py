@@ -131,11 +131,9 @@ class Batcher(LaneChanges):
                 if self._lanes.get(job.model_id) is not lane or lane.model is not model:
                     continue
                 for index, enc in zip(todo, encodings):
-                    key = job.cache_keys[index]
-                    if lane.shared.join(key, job, index):
+                    item = Item(job, index, enc, enc.length, job.batch_key, next(self._seq), job.cache_keys[index])
+                    if lane.shared.join_or_lead(item):
                         continue  # the same input waits already: it shares that item's pass
-                    item = Item(job, index, enc, enc.length, job.batch_key, next(self._seq), key)
-                    lane.shared.lead(item)
                     lane.incoming.append(item)
                     lane.length_avg += 0.05 * (enc.length - lane.length_avg)
                 job.todo = len(todo)

@@ -30,22 +30,21 @@ class SharedItems:
     def __len__(self) -> int:
         return len(self._leaders)
 
-    def join(self, key: str | None, job, index: int) -> bool:
-        """Add (job, index) to the waiting item computing `key`; False when there is none to join."""
-        if key is None:
+    def join_or_lead(self, item: Item) -> bool:
+        """True when a waiting item computes `item`'s key already: `item`'s input joined it.
+
+        Otherwise (False) `item` computes its key from now on, and inputs
+        with that key join it; an item without a key is never shared.
+        """
+        if item.key is None:
             return False
         with self._lock:
-            leader = self._leaders.get(key)
-            if leader is None or leader.running or not leader.alive:
-                return False
-            leader.targets.append((job, index))
-            return True
-
-    def lead(self, item: Item) -> None:
-        """`item` computes its key from now on: inputs with that key join it."""
-        if item.key is not None:
-            with self._lock:
-                self._leaders[item.key] = item
+            leader = self._leaders.get(item.key)
+            if leader is not None and leader.alive and not leader.running:
+                leader.targets.append((item.job, item.index))
+                return True
+            self._leaders[item.key] = item
+            return False
 
     def start(self, items: list[Item]) -> None:
         """The items are in a batch: an input arriving now gets an item of its own."""
