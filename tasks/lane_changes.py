@@ -1,10 +1,10 @@
 """Changes to the batcher's lanes between two batches, on the device thread.
 
 A model unloaded or switched to a new version, jobs a worker must let go
-of: each is a command another thread queues (Batcher._on_device) and the
-device thread carries out between two forward passes, so no batch ever
-sees a lane half-changed. A mixin of Batcher: it works on the batcher's
-lanes, condition and batch runner.
+of: each is a command another thread queues (`_on_device`) and the device
+thread carries out between two forward passes, so no batch ever sees a
+lane half-changed. A mixin of Batcher: it works on the batcher's lanes,
+condition and batch runner.
 """
 
 from __future__ import annotations
