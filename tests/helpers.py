@@ -34,6 +34,11 @@ def batch_stats(client: redis.Redis, model_id: str) -> dict:
     return {k.decode(): float(v) for k, v in client.hgetall(batch_stats_key(model_id)).items()}
 
 
+def ran_since(before: dict, after: dict) -> dict:
+    """What the counters of `batch_stats` added between two reads: this test's batches only."""
+    return {key: value - before.get(key, 0) for key, value in after.items()}
+
+
 def long_texts(count: int, words: int = 100) -> list[str]:
     """`count` different passages of real English, `words` words each.
 
@@ -88,6 +93,22 @@ def celery_client(redis_url):
     app = Celery("client", broker=redis_url, backend=redis_url)
     app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
     return app
+
+
+def poll(fetch, condition, timeout: float = 15.0, step: float = 0.1):
+    """`fetch()` again until `condition(value)` holds; that value. AssertionError with the last one after `timeout`.
+
+    For a state the service reaches on its own schedule (a refresh, an
+    expiry): the test waits for the state, not for the constant behind it.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if condition(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s; last: {value!r}")
+        time.sleep(step)
 
 
 def wait_until(predicate, timeout: float, step: float = 0.05) -> float:
