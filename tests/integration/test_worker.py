@@ -11,6 +11,7 @@ from tests.helpers import (
     LONG,
     PYTHON,
     ROOT,
+    StubWorkers,
     Worker,
     celery_client,
     metric_value,
@@ -105,8 +106,6 @@ def test_warm_shutdown_leaves_the_registry(redis_url, model_dir, log_dir):
 
 def test_full_queue_is_429_with_retry_after(redis_url, model_dir, rdb):
     """Past MAX_QUEUE_DEPTH waiting jobs, POSTs are refused until the queue drains."""
-    from tests.unit.test_app import StubWorkers
-
     url = redis_url.rsplit("/", 1)[0] + "/4"  # a database where nobody consumes
     settings = Settings(redis_url=url, model_dir=model_dir, max_queue_depth=2)
     client = create_app({"SETTINGS": settings,
