@@ -5,6 +5,8 @@ and the webapp's publishing client (`celery_conf(settings)`) use this
 mapping, so they agree on broker, serialization and result storage.
 """
 
+from functools import lru_cache
+
 from common.connections import with_cert_reqs
 from common.settings import Settings, get_settings
 
@@ -66,4 +68,23 @@ def celery_conf(s: Settings) -> dict:
     )
 
 
-globals().update(celery_conf(get_settings()))
+# `app.config_from_object("celeryconfig")` (tasks/__init__.py, or `celery
+# --config celeryconfig`) reads Celery's keys as this module's attributes.
+# They are not globals written at import: each is looked up here, from the
+# settings of this process's environment, when Celery first reads its
+# configuration; importing the module for celery_conf reads no environment.
+
+@lru_cache(maxsize=1)
+def _from_environment() -> dict:
+    return celery_conf(get_settings())
+
+
+def __getattr__(name: str):
+    try:
+        return _from_environment()[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_from_environment()})

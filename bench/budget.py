@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 from pydoc_data.topics import topics
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -100,7 +101,7 @@ def others(model_dir: str) -> None:
 
     from model_store.loader import load_runner
 
-    settings = Settings.from_env().with_overrides(model_dir=model_dir)  # the budgets: defaults, or as set
+    settings = replace(Settings.from_env(), model_dir=model_dir)  # the budgets: defaults, or as set
     store = ModelStore(model_dir)
     pairs, predictions = settings.max_zero_shot_pairs_per_request, settings.max_fill_mask_predictions_per_request
     vectors = settings.max_token_vectors_per_request

@@ -213,7 +213,21 @@ def _check_text(value, where: str, max_chars: int) -> None:
     if not isinstance(value, str):
         raise ValidationFailed(f"{where} must be a string", field=where)
     if not value.strip():
-        raise ValidationFailed(f"{where} is empty", field=where)
+        raise empty_text(where)
     if len(value) > max_chars:
-        raise InputTooLong(f"{where} has {len(value)} characters; at most {max_chars} (MAX_INPUT_CHARS)",
-                           field=where)
+        raise text_too_long(where, len(value), max_chars)
+
+
+# What a text input must be, checked here per task and by webapp/schemas.py's
+# pydantic model for the request's shape; both name a bad text the same way.
+# NOT_BLANK is the schema's form of `value.strip()` above: a character
+# str.strip() keeps (Unicode's White_Space, regex \s, plus the separators \x1c-\x1f).
+NOT_BLANK = r"[^\s\x1c-\x1f]"
+
+
+def empty_text(where: str) -> ValidationFailed:
+    return ValidationFailed(f"{where} is empty", field=where)
+
+
+def text_too_long(where: str, length: int, max_chars: int) -> InputTooLong:
+    return InputTooLong(f"{where} has {length} characters; at most {max_chars} (MAX_INPUT_CHARS)", field=where)

@@ -46,14 +46,6 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued", "running", "succeeded", "failed", "cancelled",
 )
 
-# Celery result states mapped to API job states.
-CELERY_TO_JOB_STATE = {
-    "SUCCESS": SUCCEEDED,
-    "FAILURE": FAILED,
-    "REVOKED": CANCELLED,
-    "STARTED": RUNNING,
-}
-
 
 def queue_for(model_id: str) -> str:
     """The broker queue that carries jobs for `model_id`."""

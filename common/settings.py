@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
@@ -144,6 +144,7 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 _DEVICE_RE = re.compile(r"auto|cpu|cuda|cuda:\d+")  # use fullmatch
 MODEL_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # use fullmatch
+MODEL_ID_PATTERN = f"^{MODEL_ID_RE.pattern}$"  # the same, anchored: for JSON Schema and messages
 
 
 @dataclass(frozen=True)
@@ -237,12 +238,6 @@ class Settings:
         if re.match(r"^(redis|rediss|unix)://", self.broker_url):
             urls["BROKER_URL"] = self.broker_url
         return urls
-
-    def with_overrides(self, **changes) -> "Settings":
-        """A copy with some fields changed (tests, the app factory)."""
-        new = replace(self, **changes)
-        new.check()
-        return new
 
 
 def _number(cast, noun: str, minimum, maximum=None):

@@ -1,7 +1,10 @@
-"""The service's processes, started as a user would: for tests and benchmarks.
+"""The service's processes, started as a user would: for tests, benchmarks and `make run`.
 
-`Worker` is `celery -A tasks worker`, `Webapp` is `gunicorn 'webapp:create_app()'`,
-each a subprocess with its output in a log file.
+The command lines (`celery -A tasks worker`, `gunicorn 'webapp:create_app()'`,
+`celery -A tasks flower`) and how a process is ended are written here once;
+`Worker`, `Webapp` and `Flower` run them as subprocesses with their output
+in a log file, for tests and benchmarks, and devtools/stack.py runs them
+with their output on the terminal.
 """
 
 from __future__ import annotations
@@ -25,6 +28,39 @@ from devtools.redis_server import free_port
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 SETTING_NAMES = {f.name.upper() for f in fields(Settings)}
+
+
+def worker_argv(name: str, loglevel: str) -> list[str]:
+    """A worker: `celery -A tasks worker` named `name` (Celery expands %h to the host name)."""
+    return [PYTHON, "-m", "celery", "-A", "tasks", "worker", "-n", name, "-l", loglevel]
+
+
+def webapp_argv(bind: str, *extra_args: str, app: str = "webapp:create_app()") -> list[str]:
+    """The webapp: gunicorn serving `app` on `bind` (gunicorn.conf.py applies)."""
+    return [PYTHON, "-m", "gunicorn", app, "--bind", bind, *extra_args]
+
+
+def flower_argv(port: int, *extra_args: str) -> list[str]:
+    """Flower: `celery -A tasks flower` on `port` (its login comes from FLOWER_BASIC_AUTH or the arguments)."""
+    return [PYTHON, "-m", "celery", "-A", "tasks", "flower", f"--port={port}", *extra_args]
+
+
+def wait_or_kill(process: subprocess.Popen, timeout: float) -> int:
+    """Wait up to `timeout` s for a process told to stop; SIGKILL it past that. Its exit status."""
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    return process.returncode
+
+
+def end(process: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM (a warm shutdown), then `wait_or_kill`. Its exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        wait_or_kill(process, timeout)
+    return process.returncode
 
 
 class ServiceFailed(AssertionError):
@@ -56,7 +92,7 @@ class Worker:
         self.log_path = self.log_dir / f"worker-{name}.log"
         self._log = open(self.log_path, mode)
         self.process = subprocess.Popen(
-            [PYTHON, "-m", "celery", "-A", "tasks", "worker", "-n", self.name, "-l", loglevel],
+            worker_argv(self.name, loglevel),
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -99,13 +135,7 @@ class Worker:
 
     def stop(self, timeout: float = 60.0) -> int:
         """Warm shutdown (SIGTERM), as an operator would."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        end(self.process, timeout)
         self._log.close()
         return self.process.returncode
 
@@ -130,7 +160,7 @@ class Webapp:
         self._log = open(self.log_path, "w")
         self.ready_path = ready_path
         self.process = subprocess.Popen(
-            [PYTHON, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{self.port}", *extra_args],
+            webapp_argv(f"127.0.0.1:{self.port}", *extra_args, app=app),
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -147,9 +177,7 @@ class Webapp:
         raise ServiceFailed(f"webapp not up in {timeout}s")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(30)
+        end(self.process, 30)
         self._log.close()
 
     def kill(self) -> None:
@@ -180,8 +208,7 @@ class Flower:
         self.log_path = Path(log_dir) / f"flower-{self.port}.log"
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [PYTHON, "-m", "celery", "-A", "tasks", "flower", f"--port={self.port}", "--address=127.0.0.1",
-             f"--basic-auth={user}:{password}"],
+            flower_argv(self.port, "--address=127.0.0.1", f"--basic-auth={user}:{password}"),
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -208,11 +235,5 @@ class Flower:
         raise ServiceFailed(f"flower not up in {timeout}s:\n{self.log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        end(self.process, 30)
         self._log.close()

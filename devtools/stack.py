@@ -21,10 +21,9 @@ import urllib.request
 
 from common.connections import redacted
 from devtools.credentials import flower_basic_auth, login_hint
+from devtools.processes import PYTHON, flower_argv, wait_or_kill, webapp_argv, worker_argv
 from devtools.redis_server import find_or_start, persistence_of
 
-PYTHON = sys.executable
-BIN = os.path.dirname(PYTHON)
 HOST = os.environ.get("HOST") or "127.0.0.1"  # what the API and Flower bind
 # Where this machine reaches them (HOST may be a wildcard or one interface).
 LOCAL = "127.0.0.1" if HOST in ("0.0.0.0", "::", "localhost") else HOST
@@ -79,11 +78,7 @@ class Child:
             self.process.send_signal(signal.SIGTERM)
 
     def wait(self, timeout: float) -> None:
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        wait_or_kill(self.process, timeout)
 
 
 def wait_healthy(children: list[Child], timeout: float) -> dict | None:
@@ -136,16 +131,11 @@ def main() -> int:
             worker_env = dict(env, WORKER_DEVICE=device)
             if device.startswith("cuda"):
                 worker_env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-            children.append(Child(f"worker-{name}", [
-                os.path.join(BIN, "celery"), "-A", "tasks", "worker", "-n", f"{name}@%h",
-                "-l", env.get("LOG_LEVEL", "info").lower(),
-            ], worker_env))
-        children.append(Child("web", [
-            os.path.join(BIN, "gunicorn"), "webapp:create_app()", "--bind", f"{HOST}:{WEB_PORT}",
-        ], env))
-        children.append(Child("flower", [
-            os.path.join(BIN, "celery"), "-A", "tasks", "flower", f"--port={FLOWER_PORT}",
-        ], dict(env, FLOWER_BASIC_AUTH=flower_auth, FLOWER_ADDRESS=HOST)))
+            children.append(Child(f"worker-{name}", worker_argv(f"{name}@%h", env.get("LOG_LEVEL", "info").lower()),
+                                  worker_env))
+        children.append(Child("web", webapp_argv(f"{HOST}:{WEB_PORT}"), env))
+        children.append(Child("flower", flower_argv(FLOWER_PORT),
+                              dict(env, FLOWER_BASIC_AUTH=flower_auth, FLOWER_ADDRESS=HOST)))
         say(f"started {len(devices)} worker(s) on {', '.join(devices)}, the webapp and Flower; waiting for /health")
 
         health = None

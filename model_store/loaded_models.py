@@ -6,7 +6,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from common.errors import ModelNotLoaded
 from model_store.store import ModelInfo, ModelStore
 
 
@@ -36,7 +35,7 @@ class LoadedModel:
 
 
 class LoadedModels:
-    """load / replace / unload / get of the models on one device."""
+    """load / replace / unload of the models on one device, and which are loaded."""
 
     def __init__(self, store: ModelStore, device: str):
         self.store = store
@@ -75,13 +74,6 @@ class LoadedModels:
         """Forget `model_id`; return what was loaded (the caller drops it)."""
         with self._lock:
             return self._models.pop(model_id, None)
-
-    def get(self, model_id: str) -> LoadedModel:
-        """The loaded model; ModelNotLoaded when this worker does not have it."""
-        try:
-            return self._models[model_id]
-        except KeyError:
-            raise ModelNotLoaded(f"model {model_id!r} is not loaded on this worker") from None
 
     def loaded(self) -> dict[str, LoadedModel]:
         with self._lock:

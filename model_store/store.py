@@ -15,7 +15,7 @@ from pathlib import Path
 
 from common.errors import ModelNotFound, ValidationFailed
 from common.params import GENERATION_TASKS
-from common.settings import MODEL_ID_RE
+from common.settings import MODEL_ID_PATTERN, MODEL_ID_RE
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -37,7 +37,6 @@ _TASK_BY_ARCH_SUFFIX = (
     ("Model", "feature-extraction"),
 )
 
-POOLING_MODES = ("mean", "cls", "max", "lasttoken")
 # sentence-transformers' 1_Pooling/config.json flags -> our pooling names.
 _POOLING_KEYS = (
     ("pooling_mode_mean_tokens", "mean"),
@@ -74,9 +73,7 @@ class ModelStore:
     def path_for(self, model_id: str) -> Path:
         """The directory of `model_id`; raise on a bad or unknown id."""
         if not isinstance(model_id, str) or not MODEL_ID_RE.fullmatch(model_id):
-            raise ValidationFailed(
-                "model_id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", field="model_id"
-            )
+            raise ValidationFailed(f"model_id must match {MODEL_ID_PATTERN}", field="model_id")
         # The id pattern admits no separator and no leading dot, so the entry
         # is always a direct child of the store; it may be a symlink (to a
         # Hugging Face cache snapshot, say), which is the user's choice.

@@ -17,7 +17,8 @@ SMALL_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, in
 BPE_VOCAB = 2000
 
 
-def _copy_bert_tokenizer(minilm: Path, target: Path) -> None:
+def copy_bert_tokenizer(minilm: Path, target: Path) -> None:
+    """minilm's WordPiece tokenizer files into `target` (the tiny BERTs, the fine-tuned sentiment model)."""
     for name in BERT_TOKENIZER_FILES:
         shutil.copy(minilm / name, target / name)
 
@@ -29,7 +30,7 @@ def _bert(cls_name: str, target: Path, minilm: Path, **config) -> None:
     torch.manual_seed(0)
     model = getattr(transformers, cls_name)(transformers.BertConfig(**SMALL_BERT, **config))
     model.save_pretrained(target)
-    _copy_bert_tokenizer(minilm, target)
+    copy_bert_tokenizer(minilm, target)
 
 
 def _labels(*names: str) -> dict:

@@ -8,8 +8,9 @@ unless the held-out accuracy reaches MIN_ACCURACY.
 from __future__ import annotations
 
 import random
-import shutil
 from pathlib import Path
+
+from model_store.tiny import copy_bert_tokenizer
 
 DATA = Path(__file__).parent / "data" / "sentiment.tsv"
 LABELS = ("NEGATIVE", "POSITIVE")
@@ -18,7 +19,6 @@ SEED = 0
 EPOCHS = 6
 BATCH = 16
 LEARNING_RATE = 5e-5
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
 def load_examples(path: Path = DATA) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
@@ -81,8 +81,7 @@ def fine_tune(base: Path, target: Path, progress) -> float:
     if score < MIN_ACCURACY:
         raise SystemExit(f"sentiment_model: held-out accuracy {score:.1%} is below {MIN_ACCURACY:.0%}; not saved")
     model.save_pretrained(target)
-    for name in TOKENIZER_FILES:
-        shutil.copy(base / name, target / name)
+    copy_bert_tokenizer(base, target)
     progress.say(f"  {len(train)} training and {len(held_out)} held-out sentences: "
                  f"held-out accuracy {score:.1%}")
     return score

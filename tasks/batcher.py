@@ -22,14 +22,15 @@ import time
 from common import failpoints, logcontext
 from common.budget import items_per_batch
 from common.cache_keys import cache_key
-from common.errors import DeadlineExceeded, InferenceFailed, ServiceError, WorkerLost
+from common.errors import DeadlineExceeded, InferenceFailed, ServiceError
 from model_store.store import default_parameters
 from tasks.fairness import FairShare
 from tasks.job import Job
 from tasks.lane_changes import LaneChanges
-from tasks.lanes import Lane, calibrate, encode
-from tasks.planning import Item, plan_batch, run_isolating
-from tasks.reporting import CANCELLED, FINISHED_ELSEWHERE, GIVEN_BACK, KILLS_WORKERS, RERUN, RUN_ALONE
+from tasks.lanes import Lane, encode
+from tasks.planning import Item, jobs_of, plan_batch, run_isolating
+from tasks.reporting import RERUN
+from tasks.verdicts import apply_verdicts
 
 log = logging.getLogger(__name__)
 
@@ -86,28 +87,6 @@ class Batcher(LaneChanges):
         """When each model last ran a batch (for least-recently-used eviction)."""
         return {model_id: lane.last_used for model_id, lane in list(self._lanes.items())}
 
-    def _on_device(self, action, timeout: float):
-        """Run `action` on the device thread between batches and return its result."""
-        done = threading.Event()
-        box = {}
-
-        def run():
-            try:
-                box["result"] = action()
-            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
-                box["error"] = exc
-            finally:
-                done.set()
-
-        with self._cond:
-            self._actions.append(run)
-            self._cond.notify()
-        if not done.wait(timeout):
-            raise TimeoutError("the device thread did not get to the change in time")
-        if "error" in box:
-            raise box["error"]
-        return box.get("result")
-
     def serves(self, model_id: str) -> bool:
         return model_id in self._lanes
 
@@ -152,14 +131,9 @@ class Batcher(LaneChanges):
                 if self._lanes.get(job.model_id) is not lane or lane.model is not model:
                     continue
                 for index, enc in zip(todo, encodings):
-                    key = job.cache_keys[index]
-                    leader = lane.leaders.get(key) if key is not None else None
-                    if leader is not None and leader.alive and not leader.running:
-                        leader.targets.append((job, index))  # the same input waits: share its pass
-                        continue
-                    item = Item(job, index, enc, enc.length, job.batch_key, next(self._seq), key)
-                    if key is not None:
-                        lane.leaders[key] = item
+                    item = Item(job, index, enc, enc.length, job.batch_key, next(self._seq), job.cache_keys[index])
+                    if lane.shared.join_or_lead(item):
+                        continue  # the same input waits already: it shares that item's pass
                     lane.incoming.append(item)
                     lane.length_avg += 0.05 * (enc.length - lane.length_avg)
                 job.todo = len(todo)
@@ -226,7 +200,7 @@ class Batcher(LaneChanges):
             try:
                 for lane in list(self._lanes.values()):
                     if not lane.calibrated:
-                        self._calibrate(lane)
+                        lane.calibrate(self.max_items, self.max_tokens)
                 lane = self._next_lane()
                 if lane is None:
                     continue
@@ -237,7 +211,7 @@ class Batcher(LaneChanges):
                 lane.waiting = [it for it in lane.waiting if id(it) not in chosen]
                 with self._cond:
                     # What a warm shutdown lets finish (see _take_unstarted).
-                    self._in_flight = {job for it in batch for job in it.jobs() if not job.done}
+                    self._in_flight = {job for job in jobs_of(batch) if not job.done}
                 self._run(lane, batch)
                 with self._cond:
                     self._in_flight = set()
@@ -252,28 +226,9 @@ class Batcher(LaneChanges):
             except Exception:  # noqa: BLE001 - the other lanes still stop cleanly
                 log.exception("could not finish the started jobs of %s", model_id)
 
-    def _calibrate(self, lane: Lane) -> None:
-        """Time a few batch shapes so the planner knows this model on this device.
-
-        Runs on the device thread like every forward pass, before the
-        model's first job; it also warms the kernels up for those shapes.
-        """
-        lane.calibrated = True
-        calibrate(lane, self.max_items, self.max_tokens)
-        if lane.on_ready is not None:
-            lane.on_ready(lane.model.model_id)
-
     def budgets(self) -> dict:
         """Per model: the fitted cost and the batch it implies, for the registry."""
-        out = {}
-        for model_id, lane in list(self._lanes.items()):
-            out[model_id] = {
-                "calibrated": lane.calibrated,
-                "cost": lane.cost.describe(),
-                "best_batch": {str(n): lane.cost.best_batch(n, self.max_items, self.max_tokens)
-                               for n in (16, 32, 64, 128)},
-            }
-        return out
+        return {model_id: lane.budget(self.max_items, self.max_tokens) for model_id, lane in list(self._lanes.items())}
 
     def _next_lane(self) -> Lane | None:
         """The lane to run next, after dropping expired and unwanted items.
@@ -285,21 +240,20 @@ class Batcher(LaneChanges):
         ready = []
         now = time.time()
         for lane in list(self._lanes.values()):
-            expired = [job for job in dict.fromkeys(j for it in lane.waiting for j in it.jobs())
-                       if job.expires_at is not None and job.started_at is None and now > job.expires_at
-                       and not job.done]
-            for job in expired:
-                job.fail(DeadlineExceeded(
-                    f"the job waited {now - job.received_at:.1f}s for the model, past its options.timeout"))
-            if expired:
-                self._finish(lane, expired)
-            dead = [it for it in lane.waiting if not it.alive]
-            if dead:
-                self._forget(lane, dead)
-                lane.waiting = [it for it in lane.waiting if it.alive]
+            self._expire(lane, now)
+            lane.drop_dead()
             if lane.waiting:
                 ready.append(lane)
         return self._share.pick(ready)
+
+    def _expire(self, lane: Lane, now: float) -> None:
+        """Fail the lane's jobs that waited past their deadline without starting: 504, never run."""
+        expired = lane.overdue(now)
+        for job in expired:
+            job.fail(DeadlineExceeded(
+                f"the job waited {now - job.received_at:.1f}s for the model, past its options.timeout"))
+        if expired:
+            self._finish(lane, expired)
 
     def _batch_items(self, lane: Lane) -> int:
         """MAX_BATCH_SIZE; fewer when the items' work has a budget (generation, zero-shot): what one request may do.
@@ -330,9 +284,7 @@ class Batcher(LaneChanges):
         batch = self._start(lane, batch)
         if not batch:
             return
-        with self._cond:
-            for it in batch:
-                it.running = True  # a job arriving now gets an item of its own: it must be started too
+        lane.shared.start(batch)  # a job arriving now gets an item of its own: it must be started too
         if failpoints.active:
             failpoints.before_batch([it.job.inputs[it.index] for it in batch])
         params = batch[0].job.params
@@ -342,15 +294,9 @@ class Batcher(LaneChanges):
         def run(items):
             return runner.run([it.encoding for it in items], params)
 
-        def targets_of(item):
-            with self._cond:  # no job joins an item once its output is handed out
-                if item.key is not None and lane.leaders.get(item.key) is item:
-                    del lane.leaders[item.key]
-                return list(item.targets)
-
         def on_outputs(items, outputs):
             for item, output in zip(items, outputs):
-                for job, index in targets_of(item):
+                for job, index in lane.shared.hand_out(item):
                     if not job.done:
                         job.outputs[index] = output
                         job.remaining -= 1
@@ -366,11 +312,11 @@ class Batcher(LaneChanges):
                 log.warning("model %s failed on an item of job %s: %s", lane.model.model_id, item.job.id,
                             type(exc).__name__, extra=logcontext.job_fields(item.job))
                 exc = InferenceFailed(f"the model failed on inputs[{item.index}]; see the worker's log")
-            for job, _ in targets_of(item):
+            for job, _ in lane.shared.hand_out(item):
                 job.fail(exc)
 
         longest = max(it.length for it in batch)
-        jobs = list(dict.fromkeys(j for it in batch for j in it.jobs()))
+        jobs = jobs_of(batch)
         fields = logcontext.batch_fields(jobs, lane.model.model_id, len(batch))
         forward_at, started = time.time(), time.perf_counter()
         with logcontext.bound(**fields):  # what the model logs meanwhile names the batch's jobs
@@ -395,15 +341,8 @@ class Batcher(LaneChanges):
                      passes=passes, tokens=tokens, padded_tokens=padded)
 
     def _start(self, lane: Lane, batch: list[Item]) -> list[Item]:
-        """Mark the batch's new jobs started; the items that may run now, together.
-
-        A job that was started before and never finished (its worker died,
-        maybe of it) runs in a batch of its own, so a poison job takes no
-        other job down with it again; one started MAX_DELIVERIES times fails
-        with worker_lost. Cancelled jobs, jobs another worker finished, and
-        jobs of a holder declared dead meanwhile (given back) do not run.
-        """
-        jobs = list(dict.fromkeys(j for it in batch for j in it.jobs()))
+        """Mark the batch's new jobs started; the items that may run now, together (tasks/verdicts.py)."""
+        jobs = jobs_of(batch)
         fresh = [job for job in jobs if job.started_at is None and not job.done]
         if not fresh:
             return batch
@@ -412,44 +351,18 @@ class Batcher(LaneChanges):
             # It may kill this worker: first store every result finished so far,
             # or their jobs would count a death they had no part in.
             self.reporter.drain()
-        ended = []
-        for job, verdict in zip(fresh, verdicts):
-            if verdict == CANCELLED:
-                job.cancelled = True
-            elif verdict in (FINISHED_ELSEWHERE, GIVEN_BACK):
-                job.skipped = True
-            elif verdict == KILLS_WORKERS:
-                job.fail(WorkerLost(
-                    f"the worker running this job died each of the {self.reporter.max_deliveries} times it "
-                    "ran it (MAX_DELIVERIES); it is not run again"))
-                log.error("job %s: its worker died each of the %d times it ran it; failed as worker_lost",
-                          job.id, self.reporter.max_deliveries, extra=logcontext.job_fields(job))
-            elif verdict == RUN_ALONE:
-                job.alone = True
-                log.warning("job %s was running when a worker died; it runs alone now", job.id,
-                            extra=logcontext.job_fields(job))
-            if job.done:
-                ended.append(job)
+        ended = apply_verdicts(fresh, verdicts, self.reporter.max_deliveries)
         if ended:
             self._finish(lane, ended)
         for it in batch:
             it.params_key = it.job.batch_key
-        dead = [it for it in batch if not it.alive]
-        if dead:
-            self._forget(lane, dead)
+        lane.shared.forget([it for it in batch if not it.alive])
         batch = [it for it in batch if it.alive]
         if len({it.params_key for it in batch}) > 1:
             # Some must run alone now: plan again with their new keys.
             lane.waiting = sorted(lane.waiting + batch, key=lambda it: it.seq)
             return []
         return batch
-
-    def _forget(self, lane: Lane, items: list[Item]) -> None:
-        """Items no job wants any more leave the table of shareable items."""
-        with self._cond:
-            for item in items:
-                if item.key is not None and lane.leaders.get(item.key) is item:
-                    del lane.leaders[item.key]
 
     def _finish(self, lane: Lane, jobs: list[Job], **batch_stats) -> None:
         self.reporter.finish(lane.model.model_id, jobs, **batch_stats)

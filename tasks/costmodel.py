@@ -13,8 +13,9 @@ model is loaded and refitted online from the batches the worker runs.
 Timings on a busy machine are only ever too slow (another process loading a
 model, a GC pause), never too fast, and a few such points once made a worker
 choose batches of 63 items at 128 tokens where 9 was best. So calibration
-takes each shape's fastest of interleaved rounds, and the fit weighs every
-point by how well it agrees with the rest, dropping those far off.
+(tasks/calibration.py) takes each shape's fastest of interleaved rounds, and
+the fit weighs every point by how well it agrees with the rest, dropping
+those far off.
 """
 
 from __future__ import annotations
@@ -24,17 +25,6 @@ from collections import deque
 
 import numpy as np
 
-# Shapes timed at load: (items, tokens). Small enough to take about a
-# second on a laptop CPU, spread enough to pin down all four terms.
-CALIBRATION_SHAPES = ((1, 16), (1, 128), (4, 32), (8, 64), (16, 16), (16, 64), (32, 32), (64, 32), (32, 128))
-# Every shape is timed in this many interleaved rounds (one pass per shape
-# each), so a burst of load spoils one of its timings, not all of them ...
-CALIBRATION_ROUNDS = 2
-# ... and a shape whose two fastest timings differ by more than this is
-# timed again, at most EXTRA_ROUNDS times: on a quiet machine they agree
-# and calibration costs what two rounds cost.
-SETTLED = 0.1
-EXTRA_ROUNDS = 3
 # Refit after this many new observed batches, over at most this many: often
 # enough that a badly calibrated model is corrected within a few dozen
 # batches, while a fit (well under a millisecond) stays rare next to them.
@@ -46,32 +36,6 @@ HISTORY = 256
 FLOOR = 0.05
 CUTOFF = 4.685
 ROBUST_ROUNDS = 8
-
-
-def measure(timed, shapes=CALIBRATION_SHAPES) -> list[tuple[int, int, float]]:
-    """(items, length, seconds) per shape: the fastest timing of `timed(items, length)`.
-
-    A forward pass is deterministic, so its fastest timing is the one least
-    disturbed by the rest of the machine; rounds go over all the shapes in
-    turn, so that one burst of load hits a shape once, not in every try.
-    """
-    times: dict[tuple[int, int], list[float]] = {shape: [] for shape in shapes}
-    for _ in range(CALIBRATION_ROUNDS):
-        for shape in times:
-            times[shape].append(timed(*shape))
-    for _ in range(EXTRA_ROUNDS):
-        unsettled = [shape for shape, seen in times.items() if not _settled(seen)]
-        if not unsettled:
-            break
-        for shape in unsettled:
-            times[shape].append(timed(*shape))
-    return [(items, length, min(seen)) for (items, length), seen in times.items()]
-
-
-def _settled(seen: list[float]) -> bool:
-    """The fastest timing is confirmed by a second one close to it."""
-    first, second = sorted(seen)[:2]
-    return second <= first * (1 + SETTLED)
 
 
 def features(items: int, length: int) -> np.ndarray:
@@ -92,25 +56,11 @@ class CostModel:
     def _set(self, coef) -> None:
         self.coef = np.asarray(coef, dtype=float)
         self._a, self._b, self._g, self._d = (float(v) for v in self.coef)
-        self._ideal: dict[tuple[int, int], float] = {}
 
     def time(self, items: int, length: int) -> float:
         """Predicted seconds for a batch of `items` padded to `length` tokens."""
         tokens = items * length
         return self._a + tokens * (self._b + self._g * length + self._d * tokens)
-
-    def ideal(self, length: int, max_items: int = 256) -> float:
-        """Seconds per item at this length in the best batch of equal lengths.
-
-        The planner weighs each item by this: an item padded far beyond its
-        own length costs more than it is worth.
-        """
-        key = (length, max_items)
-        value = self._ideal.get(key)
-        if value is None:
-            value = min(self.time(c, length) / c for c in range(1, max_items + 1))
-            self._ideal[key] = value
-        return value
 
     def fit(self, samples) -> None:
         """Robust least squares on relative error, every term kept non-negative.

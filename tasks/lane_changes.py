@@ -1,27 +1,51 @@
 """Changes to the batcher's lanes between two batches, on the device thread.
 
 A model unloaded or switched to a new version, jobs a worker must let go
-of: each is a command another thread queues (Batcher._on_device) and the
-device thread carries out between two forward passes, so no batch ever
-sees a lane half-changed. A mixin of Batcher: it works on the batcher's
-lanes, condition and batch runner.
+of: each is a command another thread queues (`_on_device`) and the device
+thread carries out between two forward passes, so no batch ever sees a
+lane half-changed. A mixin of Batcher: it works on the batcher's lanes,
+condition and batch runner.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
 from common import logcontext
 from common.errors import InferenceFailed, ServiceError
+from tasks.calibration import calibrate
+from tasks.costmodel import CostModel
 from tasks.job import Job
-from tasks.lanes import Lane, calibrate
-from tasks.planning import Item, plan_batch
+from tasks.planning import Item, jobs_of, plan_batch
 
 log = logging.getLogger(__name__)
 
 
 class LaneChanges:
     """The device-thread side of add/remove/replace/drop (see Batcher)."""
+
+    def _on_device(self, action, timeout: float):
+        """Run `action` on the device thread between batches and return its result."""
+        done = threading.Event()
+        box = {}
+
+        def run():
+            try:
+                box["result"] = action()
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                box["error"] = exc
+            finally:
+                done.set()
+
+        with self._cond:
+            self._actions.append(run)
+            self._cond.notify()
+        if not done.wait(timeout):
+            raise TimeoutError("the device thread did not get to the change in time")
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")
 
     def _take_unstarted(self) -> list[Job]:
         """Under the condition: the jobs not started nor in the batch being started; they leave.
@@ -33,7 +57,7 @@ class LaneChanges:
         taken = []
         for lane in list(self._lanes.values()):
             items = lane.incoming + list(lane.waiting)
-            jobs = [job for job in dict.fromkeys(j for it in items for j in it.jobs())
+            jobs = [job for job in jobs_of(items)
                     if job.started_at is None and not job.done and job not in self._in_flight]
             for job in jobs:
                 job.skipped = True  # done here: not run, not stored, not acked (it goes back)
@@ -58,7 +82,7 @@ class LaneChanges:
             chosen = set(map(id, batch))
             lane.waiting = [it for it in lane.waiting if id(it) not in chosen]
             self._run(lane, batch)
-        unstarted = list(dict.fromkeys(job for it in lane.waiting for job in it.jobs() if not job.done))
+        unstarted = [job for job in jobs_of(lane.waiting) if not job.done]
         with self._cond:
             del self._lanes[model_id]
             lane.let_go(unstarted)
@@ -71,13 +95,11 @@ class LaneChanges:
             with self._cond:
                 lane.waiting.extend(lane.incoming)
                 lane.incoming = []
-            gone = [job for job in dict.fromkeys(j for it in lane.waiting for j in it.jobs())
+            gone = [job for job in jobs_of(lane.waiting)
                     if job.started_at is None and not job.done and which(job)]
             for job in gone:
                 job.skipped = True  # done here: no result, no ack (its message is back in the queue)
-            dead = [it for it in lane.waiting if not it.alive]
-            self._forget(lane, dead)
-            lane.waiting = [it for it in lane.waiting if it.alive]
+            lane.drop_dead()
             with self._cond:
                 lane.let_go(gone)
             dropped += len(gone)
@@ -91,22 +113,21 @@ class LaneChanges:
         lane = self._lanes.get(model.model_id)
         if lane is None:
             return None
-        fresh = Lane(model)
-        calibrate(fresh, self.max_items, self.max_tokens)
+        cost = CostModel()
+        calibrate(model.runner, cost, model.model_id, self.max_items, self.max_tokens)
         with self._cond:
             old = lane.model
-            lane.model, lane.runner, lane.cost = model, model.runner, fresh.cost
+            lane.model, lane.runner, lane.cost = model, model.runner, cost
             lane.waiting.extend(lane.incoming)
             lane.incoming = []
         # Items not yet run were tokenized (and keyed) for the old version:
         # redo them, one item per input again; started jobs finish as they are.
         started = [it for it in lane.waiting if any(job.started_at is not None for job in it.jobs())]
-        redo = [job for job in dict.fromkeys(j for it in lane.waiting for j in it.jobs())
+        redo = [job for job in jobs_of(lane.waiting)
                 if job.started_at is None and not job.done]
         failed = []
         keep = started
-        with self._cond:
-            lane.leaders = {}
+        lane.shared.clear()
         for job in redo:
             todo = [i for i in range(len(job.inputs)) if i not in job.prefilled and job.outputs[i] is None]
             try:

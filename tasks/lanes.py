@@ -2,8 +2,9 @@
 
 The batcher (tasks/batcher.py) keeps a Lane per loaded model. Here is what
 belongs to one lane alone: the bookkeeping of the jobs it holds, how many
-more it should take (`room`), encoding a job for its model, and timing the
-model on this device (`calibrate`).
+more it should take (`room`), which of its jobs are past their deadline,
+encoding a job for its model, and timing the model on this device
+(`calibrate`, by tasks/calibration.py).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from common.budget import check_encoded_budget, check_request_budget
 from common.errors import InferenceFailed, ServiceError
 from common.params import validate_parameters
 from model_store.store import default_parameters
-from tasks.costmodel import CALIBRATION_SHAPES, CostModel, measure
+from tasks.calibration import calibrate
+from tasks.coalescing import SharedItems
+from tasks.costmodel import CostModel
 from tasks.job import Job
-from tasks.planning import Item
+from tasks.planning import Item, jobs_of
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ class Lane:
         self.last_used = time.time()
         self.incoming: list[Item] = []  # encoded on the fetcher/consumer thread; guarded by the condition
         self.waiting: list[Item] = []  # device thread only
-        self.leaders: dict[str, Item] = {}  # cache key -> the item computing it; guarded by the condition
+        self.shared = SharedItems()  # identical inputs of jobs in flight share one item
         self.in_hand = 0  # jobs received and not finished
         self.items_in_hand = 0  # their items still to compute
         self.length_avg = 32.0  # tokens per item, a moving average (sizes the room for more jobs)
@@ -55,6 +58,26 @@ class Lane:
             return self.incoming[0].job.received_at
         return None
 
+    def calibrate(self, max_items: int, max_tokens: int) -> None:
+        """Time the model on this device (device thread, before its first job), then call on_ready."""
+        self.calibrated = True
+        calibrate(self.runner, self.cost, self.model.model_id, max_items, max_tokens)
+        if self.on_ready is not None:
+            self.on_ready(self.model.model_id)
+
+    def overdue(self, now: float) -> list[Job]:
+        """Jobs waiting here unstarted past their deadline (options.timeout, Celery's `expires`)."""
+        return [job for job in jobs_of(self.waiting)
+                if job.expires_at is not None and job.started_at is None and now > job.expires_at
+                and not job.done]
+
+    def drop_dead(self) -> None:
+        """Waiting items no job wants any more leave the lane."""
+        dead = [it for it in self.waiting if not it.alive]
+        if dead:
+            self.shared.forget(dead)
+            self.waiting = [it for it in self.waiting if it.alive]
+
     def room(self, jobs_room: int, max_items: int, max_tokens: int) -> int:
         """How many more jobs to take now: two batches' worth, by the cost model.
 
@@ -70,6 +93,11 @@ class Lane:
         if items_room <= 0 or jobs_room <= 0:
             return 0
         return min(jobs_room, max(1, int(items_room / max(self.items_per_job, 1.0))))
+
+    def budget(self, max_items: int, max_tokens: int) -> dict:
+        """The fitted cost and the batch it implies at a few lengths (the worker registry shows it)."""
+        return {"calibrated": self.calibrated, "cost": self.cost.describe(),
+                "best_batch": {str(n): self.cost.best_batch(n, max_items, max_tokens) for n in (16, 32, 64, 128)}}
 
     def took(self, job: Job) -> None:
         """Count a job received (under the batcher's condition)."""
@@ -108,27 +136,3 @@ def encode(model, job: Job, settings) -> list:
         job.fail(InferenceFailed("the model's tokenizer cannot encode the inputs"))
     return []
 
-
-def calibrate(lane: Lane, max_items: int, max_tokens: int) -> None:
-    """Fit the lane's cost model from a few timed batch shapes (device thread)."""
-    runner = lane.runner
-    limit = getattr(runner, "max_length", 512)
-    try:
-        params = getattr(runner, "calibration_params", {})
-        runner.run([runner.dummy_encoding(min(32, limit))] * 4, params)  # warm-up
-
-        def timed(items: int, length: int) -> float:
-            batch = [runner.dummy_encoding(length)] * items
-            started = time.perf_counter()
-            runner.run(batch, params)
-            return time.perf_counter() - started
-
-        shapes = list(dict.fromkeys((items, min(length, limit)) for items, length in CALIBRATION_SHAPES))
-        samples = measure(timed, shapes)
-        lane.cost.calibrate(samples)
-    except Exception:  # noqa: BLE001 - a model that cannot calibrate still serves
-        log.exception("calibration of %s failed; batches will be as large as the caps allow", lane.model.model_id)
-        return
-    log.info("%s: forward cost %s; best batch at 32 tokens: %d items, at 128 tokens: %d",
-             lane.model.model_id, lane.cost.describe(), lane.cost.best_batch(32, max_items, max_tokens),
-             lane.cost.best_batch(128, max_items, max_tokens))

@@ -38,6 +38,11 @@ class Item:
         return f"Item(job={getattr(self.job, 'id', self.job)!r}, index={self.index}, length={self.length})"
 
 
+def jobs_of(items) -> list:
+    """The jobs that want the outputs of `items`, each once, in order of first appearance."""
+    return list(dict.fromkeys(job for item in items for job, _ in item.targets))
+
+
 def padded_tokens(items: Sequence[Item]) -> int:
     """What a batch costs the model: items x the longest sequence."""
     return len(items) * max((it.length for it in items), default=0)

@@ -74,15 +74,14 @@ def build_poisoned_model(tokenizer_from: Path, target: Path) -> None:
     word (e.g. "word～", token id 30521) makes the forward pass raise
     IndexError. A real model defect, for testing how one bad item is isolated.
     """
-    import shutil
-
     from transformers import BertConfig, BertModel
+
+    from model_store.tiny import copy_bert_tokenizer
 
     config = BertConfig(vocab_size=30500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)
     BertModel(config).save_pretrained(target)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(tokenizer_from / name, target / name)
+    copy_bert_tokenizer(tokenizer_from, target)
 
 
 @pytest.fixture(scope="session")

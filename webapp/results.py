@@ -71,10 +71,6 @@ class ResultListener:
                     threading.Thread(target=self._run, name="result-listener", daemon=True).start()
         return self._subscribed.wait(timeout)
 
-    @property
-    def started(self) -> bool:
-        return self._started_pid == os.getpid() and self._subscribed.is_set()
-
     def on_registry_change(self, callback) -> None:
         self._on_registry_change.append(callback)
 
@@ -87,6 +83,7 @@ class ResultListener:
         self._waiters.pop(job_id, None)
 
     def stop(self) -> None:
+        """End the listener thread (tests do; the webapp's lives as long as its process)."""
         self._stop.set()
 
     def _run(self) -> None:

@@ -20,20 +20,17 @@ from typing import Annotated, Any, Union
 import orjson
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, ValidationError
 
-from common.errors import BadRequest, InputTooLong, ValidationFailed
-from common.params import TASK_ALIASES, TASK_PARAMS
+from common.errors import BadRequest, ValidationFailed
+from common.params import NOT_BLANK, TASK_ALIASES, TASK_PARAMS, empty_text, text_too_long
 from common.placement import MAX_REPLICAS, WORKER_NAME_RE, check_placement
-from common.settings import DEFAULT_WAIT_S, MAX_TIMEOUT_S, MAX_WAIT_S, MODEL_ID_RE
+from common.settings import DEFAULT_WAIT_S, MAX_TIMEOUT_S, MAX_WAIT_S, MODEL_ID_PATTERN
 
-MODEL_ID_PATTERN = f"^{MODEL_ID_RE.pattern}$"
 DEFAULT_ADMIN_WAIT_S = 120.0
 # What `model_type` accepts (common.params.normalize_task): task names, their underscore forms, aliases.
 MODEL_TYPES = sorted({"", *TASK_PARAMS, *(t.replace("-", "_") for t in TASK_PARAMS), *TASK_ALIASES,
                       *(a.replace("-", "_") for a in TASK_ALIASES)})
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
-# A character str.strip() keeps: Unicode's White_Space (regex \s) plus the separators \x1c-\x1f.
-NOT_BLANK = r"[^\s\x1c-\x1f]"
 ModelId = Annotated[str, Field(pattern=MODEL_ID_PATTERN, examples=["minilm"])]
 Wait = Annotated[float, Field(ge=0, le=MAX_WAIT_S)]
 
@@ -301,8 +298,7 @@ def _inputs_error(field: str, error: dict) -> ValidationFailed:
                                 "(MAX_ITEMS_PER_REQUEST) per request", field=field)
     where = f"{field}[{loc[2]}]" if loc[1] == "list" else field
     if kind == "string_too_long":
-        return InputTooLong(f"{where} has {len(error['input'])} characters; at most {error['ctx']['max_length']} "
-                            "(MAX_INPUT_CHARS)", field=where)
+        return text_too_long(where, len(error["input"]), error["ctx"]["max_length"])
     if kind in ("string_too_short", "string_pattern_mismatch"):
-        return ValidationFailed(f"{where} is empty", field=where)
+        return empty_text(where)
     return ValidationFailed(f"{where} must be a string (or, for question answering, an object)", field=where)

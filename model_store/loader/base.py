@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -13,26 +14,43 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 @dataclass
 class Encoding:
-    """One item ready for the model: its length in tokens, and token ids or the item itself."""
+    """One item ready for the model: its length in tokens, and what `run` reads of it.
+
+    A runner that runs from token ids (feature-extraction) tokenizes once,
+    in `encode`, and keeps `ids`. The others hand the item itself to a
+    tokenizer that runs again in `run` (a pipeline, `generate`, question
+    answering's offsets): for them `encode` only checks and measures the
+    item, and keeps it as `raw_item`.
+    """
 
     length: int
-    ids: list | None = None
-    value: object = None
+    ids: list | None = None  # token ids, special tokens included
+    raw_item: object = None  # the input item as sent (a string, or a question-answering dict)
 
 
-class Runner:
+class Runner(ABC):
     """A loaded model that turns input items into outputs, a batch at a time.
 
-    `encode(items, params)` checks and measures items (consumer thread);
-    `run(encodings, params)` is one batch on the device (device thread);
-    `dummy_encoding(length)` makes an item of about `length` tokens for
-    calibration, run with `calibration_params`.
+    `calibration_params` are the parameters calibration runs batches with
+    (tasks/calibration.py); `max_length` is the longest input in tokens.
     """
 
     task = ""
     max_length = 512
     calibration_params: dict = {}
     model = None
+
+    @abstractmethod
+    def encode(self, items: list, params: dict) -> list[Encoding]:
+        """Check and measure `items` for the model (consumer thread); ServiceError on a bad one."""
+
+    @abstractmethod
+    def run(self, encodings: list[Encoding], params: dict) -> list:
+        """One batch through the model on the device (device thread): one output per encoding, in order."""
+
+    @abstractmethod
+    def dummy_encoding(self, length: int) -> Encoding:
+        """An item of about `length` tokens, for calibration."""
 
     def load_pretrained(self, auto_class, info, device: str, *limits) -> None:
         """Tokenizer and model from the local directory, in eval mode on `device`.

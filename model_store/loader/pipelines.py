@@ -50,7 +50,7 @@ class PipelineRunner(Runner):
         if self.task == "fill-mask":
             words[-1] = self.mask_token
         text = " ".join(words)
-        return Encoding(length=self._length(text), value=text)
+        return Encoding(length=self._length(text), raw_item=text)
 
     def _length(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
@@ -69,7 +69,7 @@ class PipelineRunner(Runner):
             if length > room and self.task not in TRUNCATING:
                 raise InputTooLong(f"inputs[{i}] has {length} tokens; this model takes at most {room}"
                                    + (" with max_new_tokens" if self.task == "text-generation" else ""))
-            out.append(Encoding(length=min(length, self.max_length), value=item))
+            out.append(Encoding(length=min(length, self.max_length), raw_item=item))
         return out
 
     def run(self, encodings: list[Encoding], params: dict) -> list:
@@ -78,7 +78,7 @@ class PipelineRunner(Runner):
             kwargs["truncation"] = True
         if self.task == "text-generation":
             kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
-        outputs = self.pipe([e.value for e in encodings], batch_size=len(encodings), **kwargs)
+        outputs = self.pipe([e.raw_item for e in encodings], batch_size=len(encodings), **kwargs)
         if self.task == "fill-mask" and len(encodings) == 1:
             outputs = [outputs]  # fill-mask unwraps a one-item list; the others do not
         return jsonable(outputs)

@@ -26,7 +26,7 @@ class QuestionAnsweringRunner(Runner):
 
     def dummy_encoding(self, length: int) -> Encoding:
         item = {"question": "what is it?", "context": " ".join(["the"] * max(1, length - 8))}
-        return Encoding(length=length, value=item)
+        return Encoding(length=length, raw_item=item)
 
     def encode(self, items: list, params: dict) -> list[Encoding]:
         out = []
@@ -36,12 +36,12 @@ class QuestionAnsweringRunner(Runner):
                 raise ValidationFailed(f'inputs[{i}] must be {{"question": ..., "context": ...}}')
             ids = self.tokenizer(item["question"], item["context"], truncation="only_second",
                                  max_length=self.max_length)["input_ids"]
-            out.append(Encoding(length=len(ids), value=item))
+            out.append(Encoding(length=len(ids), raw_item=item))
         return out
 
     def run(self, encodings: list[Encoding], params: dict) -> list:
         torch = self._torch
-        items = [e.value for e in encodings]
+        items = [e.raw_item for e in encodings]
         enc = self.tokenizer([it["question"] for it in items], [it["context"] for it in items],
                              truncation="only_second", max_length=self.max_length, padding=True,
                              return_offsets_mapping=True, return_tensors="pt")

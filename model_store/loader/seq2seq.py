@@ -29,7 +29,7 @@ class Seq2SeqRunner(Runner):
         self.load_pretrained(AutoModelForSeq2SeqLM, info, device)
 
     def dummy_encoding(self, length: int) -> Encoding:
-        return Encoding(length=length, value=" ".join(["the"] * max(1, length - 2)))
+        return Encoding(length=length, raw_item=" ".join(["the"] * max(1, length - 2)))
 
     def encode(self, items: list, params: dict) -> list[Encoding]:
         out = []
@@ -39,12 +39,12 @@ class Seq2SeqRunner(Runner):
             length = len(self.tokenizer(item)["input_ids"])
             if length > self.max_length:
                 raise InputTooLong(f"inputs[{i}] has {length} tokens; this model takes at most {self.max_length}")
-            out.append(Encoding(length=length, value=item))
+            out.append(Encoding(length=length, raw_item=item))
         return out
 
     def run(self, encodings: list[Encoding], params: dict) -> list:
         torch = self._torch
-        enc = self.tokenizer([e.value for e in encodings], padding=True, return_tensors="pt")
+        enc = self.tokenizer([e.raw_item for e in encodings], padding=True, return_tensors="pt")
         kwargs = {k: params[k] for k in GENERATE_ARGS if k in params}
         per_input = kwargs.get("num_return_sequences", 1)
         with torch.inference_mode():

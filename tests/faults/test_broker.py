@@ -6,44 +6,11 @@ never a hang past options.wait); every process reconnects by itself.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
-from tests.faults.test_workers import bodies, ready
-
-ALLOWED = {"200", "202", "503"}
-
-
-class Load:
-    """A client submitting jobs at a steady pace (POST /jobs, and every third POST /predict)."""
-
-    def __init__(self, ledger, per_second: float = 20.0, model_id: str = "minilm"):
-        self.ledger = ledger
-        self.model_id = model_id
-        self.interval = 1.0 / per_second
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(4)]
-        for t in self._threads:
-            t.start()
-
-    def _run(self, k: int) -> None:
-        i = 0
-        while not self._stop.is_set():
-            body = bodies(1, start=k * 700 + i * 2, model_id=self.model_id)[0]
-            if i % 3 == 2:
-                body["options"]["wait"] = 5
-                self.ledger.submit(body, path="/predict", timeout=30)
-            else:
-                self.ledger.submit(body, timeout=30)
-            i += 1
-            self._stop.wait(self.interval * 4)
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
+from tests.helpers import ALLOWED, Load, ready
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])

@@ -11,8 +11,7 @@ from urllib.parse import urlparse
 import requests
 
 from common import protocol
-from tests.faults.test_workers import bodies, ready
-from tests.helpers import LONG
+from tests.helpers import LONG, bodies, ready
 
 
 def job_ids(client) -> set[str]:

@@ -9,7 +9,7 @@ import uuid
 import orjson
 
 from common import envelope, protocol
-from tests.faults.test_workers import bodies, ready
+from tests.helpers import bodies, ready
 
 # Bodies of the adversarial pass: each made every worker die 0.01 s after it started consuming.
 POISON_BODIES = [b'[[],[1,2],{}]', b'[[],"abc",{}]', b'[5,{},{}]', b'[null,null,null]', b'[[],7,{}]']

@@ -8,8 +8,7 @@ import requests
 
 from common import protocol
 from common.placement import Placement
-from tests.faults.test_workers import bodies, ready, wait_until
-from tests.helpers import LONG
+from tests.helpers import LONG, bodies, ready, wait_until
 
 
 def serves(worker, model_id: str) -> bool:

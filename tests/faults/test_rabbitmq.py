@@ -13,8 +13,7 @@ import pytest
 
 from common.protocol import queue_for
 from tests.faults.conftest import purge_rabbitmq_queue, rabbitmq_or_skip, restart_rabbitmq
-from tests.faults.test_broker import ALLOWED, Load
-from tests.faults.test_workers import JOBS, burst, ready, two_workers_and_a_webapp
+from tests.helpers import ALLOWED, JOBS, Load, burst, ready, two_workers_and_a_webapp
 
 MODEL = "minilm-b"  # a queue of its own on the shared broker
 

@@ -27,8 +27,7 @@ import psutil
 import pytest
 import requests
 
-from tests.faults.test_workers import ready
-from tests.helpers import SENTENCES
+from tests.helpers import SENTENCES, ready
 
 DURATION_S = float(os.environ.get("SOAK_S", "600"))
 # The same load runs this long before the measured minutes: torch's kernel

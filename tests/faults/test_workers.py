@@ -13,26 +13,7 @@ from collections import Counter
 from datetime import datetime
 
 from common.deliveries import deliveries_key
-from tests.helpers import SENTENCES
-
-JOBS = 200
-
-
-def bodies(count: int, start: int = 0, per_job: int = 2, model_id: str = "minilm") -> list[dict]:
-    """`count` jobs of `per_job` different sentences each (nothing cached, nothing shared)."""
-    n = len(SENTENCES)
-    return [{"model_id": model_id, "options": {"use_cache": False},
-             "inputs": [SENTENCES[(start + per_job * i + k) % n] for k in range(per_job)]} for i in range(count)]
-
-
-def wait_until(predicate, timeout: float, step: float = 0.05) -> float:
-    """The monotonic time at which `predicate()` first held; AssertionError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return time.monotonic()
-        time.sleep(step)
-    raise AssertionError(f"not within {timeout}s")
+from tests.helpers import JOBS, bodies, burst, two_workers_and_a_webapp, wait_until
 
 
 def handed_back(log: str) -> tuple[int, datetime]:
@@ -41,26 +22,6 @@ def handed_back(log: str) -> tuple[int, datetime]:
                       r"(\d+) job\(s\) not started are back", log)
     assert match, "the worker did not log its hand-back"
     return int(match.group(2)), datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
-
-
-def ready(*processes):
-    for p in processes:
-        p.wait_ready()
-    return processes
-
-
-def two_workers_and_a_webapp(c, model_id: str = "minilm"):
-    """Workers w1 and w2 serving `model_id`, and a webapp, all ready."""
-    return ready(c.worker("w1", preload_models=model_id), c.worker("w2", preload_models=model_id), c.webapp())
-
-
-def burst(c, model_id: str = "minilm"):
-    """Two workers and a webapp, JOBS jobs submitted, and a second of work done: (w1, w2, ledger)."""
-    w1, w2, app = two_workers_and_a_webapp(c, model_id)
-    ledger = c.ledger(app)
-    ledger.submit_many(bodies(JOBS, model_id=model_id))
-    time.sleep(1.0)
-    return w1, w2, ledger
 
 
 def test_kill_9_of_one_of_two_workers_loses_no_job(cluster, report):

@@ -3,10 +3,12 @@
 import concurrent.futures as futures
 import re
 import time
+from datetime import datetime
 from pydoc_data.topics import topics
 
 import pytest
 
+from common.settings import DEFAULT_MAX_WAIT_MS
 from tests.helpers import Worker, batch_stats, long_texts, service_env, wait_for_status
 
 TEXT = " ".join(topics.values())
@@ -84,22 +86,25 @@ def test_a_job_past_its_timeout_is_dropped_unrun(api, capped_worker):
 
 
 def test_max_wait_lets_a_batch_wait_for_company(api, redis_url, model_dir, log_dir):
-    """MAX_WAIT_MS: a request arriving shortly after another joins its batch."""
-    w = Worker("lingering", service_env(redis_url, model_dir, preload_models="minilm-b", max_wait_ms=400),
+    """MAX_WAIT_MS: a job sent after another joins its batch; the first started only once the second was there."""
+    w = Worker("lingering", service_env(redis_url, model_dir, preload_models="minilm-b", max_wait_ms=3000),
                log_dir).wait_ready()
     try:
-        with futures.ThreadPoolExecutor(2) as pool:
-            first = pool.submit(api.post, "/predict", json={"model_id": "minilm-b", "inputs": "the first one"})
-            time.sleep(0.1)
-            second = pool.submit(api.post, "/predict", json={"model_id": "minilm-b", "inputs": "the second one"})
-            timings = [first.result().json()["timings"], second.result().json()["timings"]]
-        assert [t["batch_size"] for t in timings] == [2, 2]
-        assert timings[0]["worker_queue_ms"] >= 90  # it waited for the second
+        options = {"use_cache": False}
+        # Queued (POST /jobs answers once it is) before the second is sent: the worker receives it first.
+        first = api.post("/jobs", json={"model_id": "minilm-b", "inputs": "the first one", "options": options})
+        time.sleep(0.1)  # long enough that a worker without MAX_WAIT_MS has started it
+        second = api.post("/predict", json={"model_id": "minilm-b", "inputs": "the second one", "options": options})
+        assert second.status_code == 200 and second.json()["timings"]["batch_size"] == 2
+        started = wait_for_status(api, first.json()["job_id"], {"succeeded"})["started_at"]
+        joined = api.get(f"/jobs/{second.json()['job_id']}").json()["created_at"]
+        assert datetime.fromisoformat(started) >= datetime.fromisoformat(joined)
     finally:
         w.stop()
 
 
-def test_a_lone_request_is_not_delayed(api):
-    """MAX_WAIT_MS=0 (default): a lone request starts at once, no timer tick."""
-    timings = api.post("/predict", json={"model_id": "minilm", "inputs": "alone"}).json()["timings"]
-    assert timings["batch_size"] == 1 and timings["worker_queue_ms"] < 50
+def test_a_lone_request_is_not_held_for_company(api):
+    """MAX_WAIT_MS is 0 by default: the batcher never lingers, and a lone request runs in a batch of its own."""
+    assert DEFAULT_MAX_WAIT_MS == 0
+    response = api.post("/predict", json={"model_id": "minilm", "inputs": "alone", "options": {"use_cache": False}})
+    assert response.status_code == 200 and response.json()["timings"]["batch_size"] == 1

@@ -10,8 +10,7 @@ from datetime import datetime
 import pytest
 
 from common.settings import Settings
-from tests.helpers import Worker, long_texts, service_env, wait_for_status
-from tests.integration.test_worker import celery_client
+from tests.helpers import Worker, celery_client, long_texts, service_env, wait_for_status
 
 GENERATION, EMBEDDING = "tiny-bart", "minilm-c"
 # The request measured at 82 s before the budget: every factor within its own cap.

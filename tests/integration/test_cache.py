@@ -2,14 +2,12 @@
 
 import concurrent.futures as futures
 import os
-import time
 import uuid
 
 import pytest
 import requests
 
-from tests.helpers import Webapp, Worker, batch_stats, long_texts, service_env
-from tests.integration.test_predict import close
+from tests.helpers import Webapp, Worker, batch_stats, close, long_texts, poll, service_env
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +86,14 @@ def test_a_switch_never_serves_the_old_weights(web, worker):
     switched = web.post("/models/switch", model_id="minilm", source="minilm-v2").json()
     assert switched["workers"] == {worker.name: "switched"}
     try:
-        time.sleep(1.1)  # the webapp re-reads the workers' fingerprints at most once a second
-        after = web.predict("minilm", text)
-        assert after["cached"] is False and not close(after["result"], v1)
+        # Cached v1 until the webapp re-reads the workers' fingerprints; then computed by v2.
+        after = poll(lambda: web.predict("minilm", text), lambda answer: answer["cached"] is False)
+        assert not close(after["result"], v1)
     finally:
         web.post("/models/switch", model_id="minilm", source="minilm")
-    time.sleep(1.1)
-    back = web.predict("minilm", text)
-    assert back["cached"] is True and close(back["result"], v1, 1e-9)  # v1's entry is right for v1 again
+    # Cached v2 until the webapp sees v1 back; then v1's entry, which is right for v1 again.
+    back = poll(lambda: web.predict("minilm", text), lambda answer: close(answer["result"], v1, 1e-9))
+    assert back["cached"] is True
 
 
 def test_a_rebuilt_model_directory_is_a_new_fingerprint(web, model_dir, worker):
@@ -112,8 +110,8 @@ def test_a_rebuilt_model_directory_is_a_new_fingerprint(web, model_dir, worker):
         os.utime(target / "model.safetensors")  # "rebuilt": same bytes, new files
         web.post("/models/unload", model_id="minilm-rebuilt")
         web.post("/models/load", model_id="minilm-rebuilt", workers=[worker.name])
-        time.sleep(1.1)
-        assert web.predict("minilm-rebuilt", text)["cached"] is False
+        # Once the webapp has the new fingerprint, the old entry is not read.
+        poll(lambda: web.predict("minilm-rebuilt", text), lambda answer: answer["cached"] is False)
     finally:
         web.post("/models/unload", model_id="minilm-rebuilt")
         shutil.rmtree(target)
@@ -160,8 +158,8 @@ def test_entries_expire_after_cache_ttl(redis_url, model_dir, log_dir):
         text = fresh("John lives in Paris")
         assert predict(text)["cached"] is False
         assert predict(text)["cached"] is True
-        time.sleep(1.5)
-        assert predict(text)["cached"] is False
+        # Served from the cache until both levels have let it go; computed again then.
+        poll(lambda: predict(text), lambda answer: answer["cached"] is False, timeout=10)
     finally:
         app.stop()
         w.stop()

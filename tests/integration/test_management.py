@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from tests.helpers import PYTHON, ROOT, Worker, service_env
-from tests.integration.test_predict import SENTENCES, close
+from tests.helpers import PYTHON, ROOT, SENTENCES, Worker, close, service_env
 
 
 @pytest.fixture(scope="module")

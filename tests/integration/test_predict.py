@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from tests.helpers import close
+
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
     "Celery workers pool concurrent requests into batches.",
@@ -28,10 +30,6 @@ def reference(model_dir):
         return ((hidden * mask).sum(1) / mask.sum(1)).tolist()
 
     return embed
-
-
-def close(a, b, tol=1e-4):
-    return len(a) == len(b) and max(abs(x - y) for x, y in zip(a, b)) < tol
 
 
 def test_health_is_ok(api):

@@ -4,18 +4,22 @@ import subprocess
 import time
 
 import pytest
-from celery import Celery
 
 from common.deliveries import deliveries_key
 from common.settings import Settings
-from tests.helpers import LONG, PYTHON, ROOT, Worker, metric_value, scrape_metrics, service_env, wait_for_status
+from tests.helpers import (
+    LONG,
+    PYTHON,
+    ROOT,
+    StubWorkers,
+    Worker,
+    celery_client,
+    metric_value,
+    scrape_metrics,
+    service_env,
+    wait_for_status,
+)
 from webapp import create_app
-
-
-def celery_client(redis_url):
-    app = Celery("client", broker=redis_url, backend=redis_url)
-    app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
-    return app
 
 
 def test_a_malformed_job_fails_alone(api, redis_url):
@@ -102,8 +106,6 @@ def test_warm_shutdown_leaves_the_registry(redis_url, model_dir, log_dir):
 
 def test_full_queue_is_429_with_retry_after(redis_url, model_dir, rdb):
     """Past MAX_QUEUE_DEPTH waiting jobs, POSTs are refused until the queue drains."""
-    from tests.unit.test_app import StubWorkers
-
     url = redis_url.rsplit("/", 1)[0] + "/4"  # a database where nobody consumes
     settings = Settings(redis_url=url, model_dir=model_dir, max_queue_depth=2)
     client = create_app({"SETTINGS": settings,

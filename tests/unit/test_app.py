@@ -4,45 +4,7 @@ import json
 import subprocess
 import sys
 
-import pytest
-
-from common.settings import Settings
-from tests.unit.test_store import make_model
-from webapp import create_app
-
-CLOSED = "redis://127.0.0.1:1/0"  # nothing listens on port 1
-
-
-class StubWorkers:
-    """Same interface as webapp.workers.WorkerDirectory, fixed answers."""
-
-    def __init__(self, workers):
-        self.workers = workers
-
-    def live(self, fresh=False):
-        return self.workers
-
-    def serving(self, model_id):
-        return [w for w in self.workers if model_id in w["models"]]
-
-
-@pytest.fixture
-def model_dir(tmp_path):
-    make_model(tmp_path, "minilm")
-    return tmp_path
-
-
-def make_client(model_dir, workers=None, **settings):
-    config = {"SETTINGS": Settings(redis_url=CLOSED, model_dir=model_dir, max_body_bytes=2048, **settings)}
-    if workers is not None:
-        config["WORKER_DIRECTORY"] = StubWorkers(workers)
-    return create_app(config).test_client()
-
-
-def assert_error(response, status, type_):
-    assert response.status_code == status, response.data
-    body = response.get_json()
-    assert set(body) >= {"error"} and body["error"]["type"] == type_ and body["error"]["message"]
+from tests.helpers import CLOSED, assert_error, make_client, make_model
 
 
 def test_malformed_json_is_400(model_dir):

@@ -4,8 +4,7 @@ import pytest
 
 from common.errors import SettingsError
 from common.settings import Settings
-from tests.unit.test_app import assert_error, make_client
-from tests.unit.test_store import make_model
+from tests.helpers import assert_error, make_client
 from webapp.auth import ADMIN, INFERENCE, Tokens, from_loopback
 
 API, OTHER_API, ADMIN_TOKEN = "api-token-1", "api-token-2", "admin-token-9"
@@ -14,12 +13,6 @@ BODY = {"model_id": "minilm", "inputs": "x"}
 
 def bearer(token):
     return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-def model_dir(tmp_path):
-    make_model(tmp_path, "minilm")
-    return tmp_path
 
 
 @pytest.fixture

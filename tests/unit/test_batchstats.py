@@ -2,7 +2,7 @@
 
 from common import batchstats
 from common.batchstats import BatchStats
-from tests.unit.test_app import make_client, model_dir  # noqa: F401  (a fixture)
+from tests.helpers import make_client
 
 
 class Fields:

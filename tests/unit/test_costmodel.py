@@ -4,7 +4,8 @@ import random
 
 import pytest
 
-from tasks.costmodel import CALIBRATION_SHAPES, CostModel, measure
+from tasks.calibration import CALIBRATION_SHAPES, measure
+from tasks.costmodel import CostModel
 
 
 def synthetic(a=4e-3, b=9e-5, g=2.5e-8, d=1.5e-9):

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from tests.unit.test_app import make_client, model_dir  # noqa: F401  (a fixture)
+from tests.helpers import make_client
 from webapp import drain
 
 

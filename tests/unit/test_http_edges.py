@@ -13,7 +13,7 @@ import time
 import pytest
 from gunicorn.http import errors as http_errors
 
-from tests.unit.test_app import assert_error, make_client, model_dir  # noqa: F401  (a fixture)
+from tests.helpers import assert_error, make_client
 from webapp.body import BodyWatchdog
 from webapp.gunicorn_worker import error_for
 

@@ -24,8 +24,7 @@ import yaml
 
 from common.settings import Settings, SettingsError
 from devtools.credentials import flower_basic_auth
-from tests.helpers import ROOT
-from tests.unit.test_app import StubWorkers, make_client, model_dir  # noqa: F401  (a fixture)
+from tests.helpers import ROOT, StubWorkers, make_client
 from webapp.metrics import FleetCollector
 
 K8S = ROOT / "deploy" / "k8s"

@@ -2,20 +2,11 @@
 
 import hashlib
 
-import pytest
-
-from tests.unit.test_app import CLOSED, assert_error, make_client
-from tests.unit.test_store import make_model
+from tests.helpers import CLOSED, assert_error, make_client
 from webapp import ratelimit
 from webapp.ratelimit import storage_uri
 
 API = "api-token-1"
-
-
-@pytest.fixture
-def model_dir(tmp_path):
-    make_model(tmp_path, "minilm")
-    return tmp_path
 
 
 def test_off_by_default(model_dir):

@@ -6,20 +6,7 @@ import pytest
 
 from common.errors import ModelNotFound, ValidationFailed
 from model_store.store import ModelStore, task_from_config
-
-
-def make_model(root, name, arch="BertModel", weights=True, tokenizer=True, pooling=None):
-    d = root / name
-    d.mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps({"architectures": [arch], "model_type": "bert"}))
-    if weights:
-        (d / "model.safetensors").write_bytes(b"\0" * 16)
-    if tokenizer:
-        (d / "tokenizer.json").write_text("{}")
-    if pooling:
-        (d / "1_Pooling").mkdir()
-        (d / "1_Pooling" / "config.json").write_text(json.dumps({f"pooling_mode_{pooling}": True}))
-    return d
+from tests.helpers import make_model
 
 
 def test_list_reports_incomplete_models_with_a_reason(tmp_path):

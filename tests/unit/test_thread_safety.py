@@ -25,7 +25,7 @@ from cachetools import TTLCache
 from common import protocol
 from common.settings import Settings
 from model_store.store import ModelStore
-from tests.unit.test_store import make_model
+from tests.helpers import make_model
 from webapp import catalog as catalog_module
 from webapp import model_admin, response_cache
 from webapp.catalog import ModelCatalog
