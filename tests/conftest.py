@@ -33,6 +33,14 @@ def redis_url():
         yield server.url
 
 
+@pytest.fixture(scope="module")
+def private_redis_url():
+    """A Redis of the module's own, for tests that plant state the session's live workers
+    and webapps would act on (their reapers sweep every stale holder they see)."""
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     """The demo models built by the real CLI, plus test-only models and ids (see below)."""

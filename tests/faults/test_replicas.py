@@ -26,8 +26,7 @@ from common.placement import MODEL_PLACEMENTS_KEY, ModelPlacement, ModelPlacemen
 from common.protocol import WORKERS_KEY
 from devtools.redis_server import EmbeddedRedis
 from tests.faults.conftest import Cluster
-from tests.faults.test_workers import wait_until
-from tests.helpers import PYTHON, ROOT
+from tests.helpers import PYTHON, ROOT, wait_until
 
 HEARTBEAT_S = 0.5
 ADMIN = {"Authorization": "Bearer admin-secret"}

@@ -24,7 +24,7 @@ from devtools import cluster as cluster_tool
 from devtools.processes import PYTHON, ROOT
 from devtools.redis_server import redis_answers
 from tests.faults.ledger import Ledger
-from tests.helpers import SENTENCES
+from tests.helpers import SENTENCES, wait_until
 
 JOBS = 200
 ADMIN = {"Authorization": "Bearer cluster-admin-token"}  # the test is not on the webapp's loopback
@@ -63,14 +63,6 @@ def bodies(count: int, start: int = 0) -> list[dict]:
     return [{"model_id": "minilm", "options": {"use_cache": False},
              "inputs": [SENTENCES[(start + 2 * i + k) % n] for k in range(2)]} for i in range(count)]
 
-
-def wait_until(predicate, timeout: float, step: float = 0.05) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return time.monotonic()
-        time.sleep(step)
-    raise AssertionError(f"not within {timeout}s")
 
 
 def connects(c, role: str, host: str, port: int) -> bool:

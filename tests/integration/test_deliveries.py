@@ -14,14 +14,12 @@ import redis
 from common import envelope, lua, protocol
 from common.deliveries import BEATS_KEY, TOMBSTONE_PREFIX, Deliveries, Reaper, new_holder
 from common.envelope import lists_of
-from devtools.redis_server import EmbeddedRedis
 
 
 @pytest.fixture(scope="module")
-def redis_url():
+def redis_url(private_redis_url):
     """A private server: nothing else reaps here."""
-    with EmbeddedRedis() as server:
-        yield server.url
+    return private_redis_url
 
 
 @pytest.fixture

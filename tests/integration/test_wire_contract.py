@@ -33,7 +33,6 @@ from common.errors import InferenceFailed, JobCancelled
 from common.requestid import REQUEST_ID_KEY
 from common.settings import Settings
 from devtools.processes import PYTHON
-from devtools.redis_server import EmbeddedRedis
 from tasks.job import Job, job_from_envelope
 from tasks.reporting import Reporter
 from tests.integration import stock_celery
@@ -43,10 +42,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def redis_url():
+def redis_url(private_redis_url):
     """A private server: only what these tests plant."""
-    with EmbeddedRedis() as server:
-        yield server.url
+    return private_redis_url
 
 
 @pytest.fixture
