@@ -51,7 +51,7 @@ def model_dir(tmp_path_factory):
     assert out.returncode == 0, out.stdout + out.stderr
     (root.parent / "build-demo.log").write_text(out.stdout)
     # More ids for the same files, for tests that need a queue of their own.
-    for alias in ("minilm-b", "minilm-c", "minilm-traced"):
+    for alias in ("minilm-b", "minilm-c", "minilm-traced", "minilm-jsonlog"):
         (root / alias).symlink_to(root / "minilm", target_is_directory=True)
     build_poisoned_model(root / "minilm", root / "tiny-poison")
     build_second_version(root / "minilm", root / "minilm-v2")

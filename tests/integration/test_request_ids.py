@@ -20,13 +20,13 @@ import requests
 from tests.helpers import PYTHON, ROOT, SENTENCES, Webapp, Worker, service_env, wait_for_status
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-MODEL = "minilm-c"  # a model id of its own: no other worker of the session takes these jobs
+MODEL = "minilm-jsonlog"  # a model id of its own (an alias, tests/conftest.py): no other worker takes these jobs
 GENERATED = re.compile(r"[0-9a-f]{32}")
 
 
 @pytest.fixture(scope="module")
 def json_services(redis_url, model_dir, tmp_path_factory):
-    """A worker serving minilm-c and a webapp, both with LOG_FORMAT=json, logging into their own folder."""
+    """A worker serving minilm-jsonlog and a webapp, both with LOG_FORMAT=json, logging into their own folder."""
     logs = tmp_path_factory.mktemp("json-logs")
     worker = Worker("jsonlog", service_env(redis_url, model_dir, preload_models=MODEL, log_format="json"),
                     logs).wait_ready()
