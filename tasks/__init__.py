@@ -7,17 +7,7 @@ its first model.
 
 from __future__ import annotations
 
-import os
 import sys
-
-# torch's CPU threads (OpenMP) spin-wait between parallel regions by default.
-# A worker shares its cores with the webapp, Redis and other workers; spinning
-# threads then steal the CPU the others need, and the model's own threads wait
-# on each other at every barrier. Measured on 2 busy cores with a nearly free
-# model (bench/framework.py): 784 req/s passive against 269 spinning at 64
-# clients, p99 18 ms against 140 ms at one. Read by OpenMP when torch loads,
-# so it is set here, before any model; a value in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from celery import Celery, signals
 
