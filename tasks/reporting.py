@@ -112,7 +112,7 @@ class Reporter:
         reply = self._retrying(lambda: self._start_jobs(
             keys=[protocol.job_key(j.id) for j in jobs],
             args=[repr(now), holder, self.max_deliveries, self.ttl, "1" if alone else "0",
-                  *[TOMBSTONE_PREFIX + j.holder if self.fenced and j.holder else "" for j in jobs]]))
+                  *[self._fence(j) for j in jobs]]))
         verdicts, created = ([int(v) for v in reply[0]], reply[1]) if reply is not None else \
             ([RUN] * len(jobs), [b""] * len(jobs))
         for job, verdict, created_at in zip(jobs, verdicts, created):
@@ -199,8 +199,8 @@ class Reporter:
                     extra["cache_keys"] = job.cache_keys
                 channel, reply = job.reply_to, envelope.with_fields(meta_json, extra)
             status = protocol.SUCCEEDED if job.error is None else protocol.FAILED
-            fence = TOMBSTONE_PREFIX + job.holder if self.fenced and job.holder else ""
-            args += [protocol.result_key(job.id), meta_json, protocol.job_key(job.id), status, channel, reply, fence]
+            args += [protocol.result_key(job.id), meta_json, protocol.job_key(job.id), status, channel, reply,
+                     self._fence(job)]
             written.append(job)
         cached = {}  # cache key -> output, each written once
         if self.cache_ttl:
@@ -273,6 +273,10 @@ class Reporter:
                 stats[job.model_id].observe(batchstats.QUEUE_SECONDS, job.started_at - queued_at)
                 stats[job.model_id].observe(batchstats.INFERENCE_SECONDS, now - job.started_at)
         return stats
+
+    def _fence(self, job: Job) -> str:
+        """The tombstone key that fences the job's start and store (its holder declared dead), or '' for none."""
+        return TOMBSTONE_PREFIX + job.holder if self.fenced and job.holder else ""
 
     def _split_acks(self, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
         """(jobs acked inside the result script, jobs the source acks after it)."""
