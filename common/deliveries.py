@@ -48,6 +48,7 @@ BEATS_KEY = protocol.KEY_PREFIX + "beats"  # zset: holder -> time of its last be
 DELIVERIES_PREFIX = protocol.KEY_PREFIX + "deliveries:"  # hash per holder: tag -> list key \n message
 TOMBSTONE_PREFIX = protocol.KEY_PREFIX + "reaped:"  # a holder declared dead (kept a week)
 TOMBSTONE_TTL_S = 7 * 86_400
+FLOOR_PREFIX = protocol.KEY_PREFIX + "fetch-floor:"  # per holder: fetches with a lower first tag take nothing
 
 # A holder is dead after missing this many heartbeats in a row.
 MISSED_BEATS = 3
@@ -106,7 +107,8 @@ class Deliveries:
         if not wants:
             return []
         keys = [deliveries_key(holder)] + [key for queue, _ in wants for key in lists_of(queue)]
-        args = [first_tag, len(PRIORITY_STEPS)] + [count for _, count in wants] + [TOMBSTONE_PREFIX + holder]
+        args = ([first_tag, len(PRIORITY_STEPS)] + [count for _, count in wants]
+                + [TOMBSTONE_PREFIX + holder, FLOOR_PREFIX + holder])
         flat = self._fetch(keys=keys, args=args)
         out = []
         for i in range(0, len(flat), 3):
@@ -118,11 +120,16 @@ class Deliveries:
         if tags:
             self.redis.hdel(deliveries_key(holder), *tags)
 
-    def hand_back(self, holder: str, tags: list[str]) -> int:
-        """Give deliveries back to the front of their queues now; the number given back."""
-        if not tags:
+    def hand_back(self, holder: str, tags: list[str], floor: int | None = None) -> int:
+        """Give deliveries back to the front of their queues now; the number given back.
+
+        With `floor`, a fetch of `holder` whose first tag is below it takes
+        nothing afterwards: for the tags of a fetch whose answer never came.
+        """
+        if not tags and floor is None:
             return 0
-        return int(self._hand_back(keys=[deliveries_key(holder)], args=list(tags)))
+        args = ["" if floor is None else floor, TOMBSTONE_TTL_S, *tags]
+        return int(self._hand_back(keys=[deliveries_key(holder), FLOOR_PREFIX + holder], args=args))
 
     def beat(self, holder: str) -> bool:
         """Record that `holder` lives; False when it was declared dead meanwhile."""

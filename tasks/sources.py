@@ -64,6 +64,8 @@ class RedisSource:
         self._on_delivery = on_delivery  # (Delivery, holder) -> None, on the fetcher thread
         self._room = room  # model_id -> jobs the batcher will take now
         self._next_tag = 1  # delivery tags are unique per holder; this one counts them
+        # (holder, tags) of fetches whose answer never came: the script may have run.
+        self._unanswered: list[tuple[str, list[str]]] = []
         self._serving: dict[str, threading.Event] = {}  # model_id -> its watcher's stop event
         self._armed: set[str] = set()  # queues whose watcher should wait for a message
         self._cond = threading.Condition()
@@ -213,8 +215,19 @@ class RedisSource:
             wants = [(q, n) for q, n in wants if n > 0]
             if not wants:
                 return 0
-            holder = self.holder
-            got = self.deliveries.fetch(holder, wants, self._next_tag)
+            self._give_back_unanswered()
+            holder, first = self.holder, self._next_tag
+            try:
+                got = self.deliveries.fetch(holder, wants, first)
+            except _REDIS_ERRORS:
+                # The script may have run and its answer been lost (Redis stopped,
+                # or the link broke, after it ran): the messages would then sit in
+                # this live holder's deliveries, which no reaper empties and no
+                # batcher knows. Their tags are not given again; the next fetch
+                # first gives whatever they hold back to the queues.
+                self._next_tag = first + sum(n for _, n in wants)
+                self._unanswered.append((holder, [str(t) for t in range(first, self._next_tag)]))
+                raise
             self._next_tag += len(got)
             for delivery in got:
                 try:
@@ -222,6 +235,16 @@ class RedisSource:
                 except Exception:  # noqa: BLE001 - one job must not stop the others
                     log.exception("could not take delivery %s from %s", delivery.tag, delivery.queue)
             return len(got)
+
+    def _give_back_unanswered(self) -> None:
+        """What fetches without an answer took goes back to the front of its queues; if they reach
+        Redis later still (over a connection of their own), they take nothing."""
+        while self._unanswered:
+            holder, tags = self._unanswered[0]
+            back = self.deliveries.hand_back(holder, tags, floor=self._next_tag)
+            if back:
+                log.warning("a fetch whose answer was lost had taken %d job(s); they are back in their queues", back)
+            self._unanswered.pop(0)
 
     def _watch(self, queue: str, stop: threading.Event) -> None:
         """Wake the fetcher when `queue` gets a message, while the fetcher waits for one."""

@@ -6,15 +6,21 @@
 -- KEYS[2..] the lists to take from: PER consecutive keys per queue, in
 --           the order kombu's Redis transport reads them (priority lists)
 -- ARGV[1]   the first tag to give; ARGV[2] PER; ARGV[3..] messages wanted per queue;
---           then the holder's tombstone key
+--           then the holder's tombstone key, and its fetch floor key (hand_back.lua)
 -- Returns {tag, list, message, tag, list, message, ...}, oldest first; nothing
--- when the holder was declared dead: a fetch sent before its link was cut
--- and received after the reaper ran would fill a hash nobody reaps again.
+-- when the holder was declared dead (a fetch sent before its link was cut
+-- and received after the reaper ran would fill a hash nobody reaps again),
+-- or when the holder gave up waiting for this fetch's answer (its first tag
+-- is below the floor): what it took would sit where no one looks.
 local tag = tonumber(ARGV[1])
 local per = tonumber(ARGV[2])
 local out = {}
 local tombstone = ARGV[3 + (#KEYS - 1) / per]
 if tombstone and tombstone ~= '' and redis.call('EXISTS', tombstone) == 1 then
+  return out
+end
+local floor = ARGV[4 + (#KEYS - 1) / per]
+if floor and floor ~= '' and tag < tonumber(redis.call('GET', floor) or '0') then
   return out
 end
 local queue = 0

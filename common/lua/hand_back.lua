@@ -1,11 +1,21 @@
 -- A live holder gives deliveries back to the front of their lists (the
 -- end consumers read next), oldest nearest the front: a warm shutdown,
--- an unload, a model it cannot serve.
+-- an unload, a model it cannot serve, a fetch whose answer never came.
 --
--- KEYS[1]  the holder's deliveries;  ARGV  the tags to give back
+-- KEYS[1]  the holder's deliveries;  KEYS[2]  its fetch floor
+-- ARGV[1]  '' or a new floor: a fetch of this holder whose first tag is
+--          below it takes nothing from now on (a fetch whose answer was lost
+--          may reach Redis after this script, over another connection);
+-- ARGV[2]  the floor's time to live (s);  ARGV[3..]  the tags to give back
 -- Returns how many were given back (a tag no longer held is skipped).
+if ARGV[1] ~= '' then
+  local floor = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if tonumber(ARGV[1]) > floor then
+    redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+  end
+end
 local tags = {}
-for i = 1, #ARGV do tags[i] = ARGV[i] end
+for i = 3, #ARGV do tags[#tags + 1] = ARGV[i] end
 table.sort(tags, function(a, b) return tonumber(a) > tonumber(b) end)
 local n = 0
 for _, tag in ipairs(tags) do

@@ -5,15 +5,21 @@ workers and webapps, whose reapers sweep the same beats and would take the
 stale holders these tests plant before the reapers under test do.
 """
 
+import os
+import signal
 import threading
+import time
+import types
 import uuid
 
 import pytest
 import redis
 
 from common import envelope, lua, protocol
-from common.deliveries import BEATS_KEY, TOMBSTONE_PREFIX, Deliveries, Reaper, new_holder
+from common.deliveries import BEATS_KEY, TOMBSTONE_PREFIX, Deliveries, Reaper, deliveries_key, new_holder
 from common.envelope import lists_of
+from tasks.sources import RedisSource
+from tests.helpers import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +153,55 @@ def test_a_holder_declared_dead_fetches_and_starts_nothing_more(client, deliveri
     alive = new_holder("w@test")
     verdicts, _ = start(keys=[protocol.job_key(ids[0])], args=["2", alive, 3, 60, "0", TOMBSTONE_PREFIX + alive])
     assert verdicts == [1] and client.hget(protocol.job_key(ids[0]), "holder") == alive.encode()
+
+
+def test_a_fetch_below_the_floor_takes_nothing(client, deliveries, queue):
+    """A fetch whose answer the holder gave up on (hand_back with a floor) may reach Redis later,
+    over another connection: it must not take messages into tags the holder no longer watches."""
+    ids = push(client, queue, 3)
+    holder = new_holder("w@test")
+    assert deliveries.hand_back(holder, ["1", "2"], floor=3) == 0  # given up before the fetch arrived
+    assert deliveries.fetch(holder, [(queue, 2)], first_tag=1) == []  # the late fetch
+    assert queued_ids(client, queue) == ids and deliveries.held(holder) == {}
+    assert [d.tag for d in deliveries.fetch(holder, [(queue, 2)], first_tag=3)] == ["3", "4"]
+
+
+def test_a_fetch_whose_answer_is_lost_gives_its_jobs_back_and_none_sticks(client, redis_url, queue):
+    """Redis runs a fetch after the worker stopped waiting for its answer (Redis stalled, or stopped
+    or the link broke after the script ran): the jobs it took must not sit in a live holder's deliveries."""
+    ids = push(client, queue, 5)
+    settings = types.SimpleNamespace(broker_url=redis_url, result_backend=redis_url)
+    delivered, tickets = [], []  # the batcher's room: one fetch per ticket
+
+    def room(model_id):
+        return 8 if tickets and tickets.pop() else 0
+
+    source = RedisSource(settings, "w@test", lambda delivery, holder: delivered.append(delivery), room)
+    source.deliveries = Deliveries(redis.Redis.from_url(redis_url, socket_timeout=0.3))
+    source.start()
+    source.serve(queue.removeprefix("infer."))
+    for script in ("fetch", "hand_back"):
+        client.script_load(lua.source(script))  # as on a worker that has fetched before
+    pid = client.info("server")["process_id"]
+    os.kill(pid, signal.SIGSTOP)  # the server stalls: the fetch times out, and runs when it resumes
+    try:
+        tickets.append(1)
+        source.wake()
+        wait_until(lambda: not tickets, timeout=5)
+        time.sleep(0.5)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: len(deliveries_held(client, source.holder)) == 5, timeout=5)  # the fault happened
+    assert delivered == [] and client.llen(queue) == 0
+    try:
+        tickets.append(1)
+        source.wake()
+        wait_until(lambda: len(delivered) == 5, timeout=5)
+        assert sorted(ids_of(d.raw for d in delivered)) == sorted(ids) and client.llen(queue) == 0
+        assert sorted(deliveries_held(client, source.holder)) == sorted(d.tag for d in delivered)
+    finally:
+        source.stop()
+
+
+def deliveries_held(client, holder):
+    return [tag.decode() for tag in client.hkeys(deliveries_key(holder))]
