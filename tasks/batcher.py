@@ -25,6 +25,7 @@ from common.cache_keys import cache_key
 from common.errors import DeadlineExceeded, InferenceFailed, ServiceError
 from model_store.store import default_parameters
 from tasks.fairness import FairShare
+from tasks.intraop import IntraOpThreads
 from tasks.job import Job
 from tasks.lane_changes import LaneChanges
 from tasks.lanes import Lane, encode
@@ -52,6 +53,7 @@ class Batcher(LaneChanges):
         self._actions: list = []  # model changes, run by the device thread between batches
         self._seq = itertools.count()
         self._share = FairShare()  # which model's lane runs next
+        self._threads = IntraOpThreads()  # torch's threads per batch (device thread)
         self._stopping = False
         self._unstarted: list[Job] = []  # what join() hands back
         self._in_flight: set[Job] = set()  # jobs of the batch being run; guarded by the condition
@@ -200,6 +202,7 @@ class Batcher(LaneChanges):
             try:
                 for lane in list(self._lanes.values()):
                     if not lane.calibrated:
+                        self._threads.whole_pool()
                         lane.calibrate(self.max_items, self.max_tokens)
                 lane = self._next_lane()
                 if lane is None:
@@ -316,6 +319,7 @@ class Batcher(LaneChanges):
                 job.fail(exc)
 
         longest = max(it.length for it in batch)
+        threads = self._threads.for_batch(runner.device, lane.cost.time(len(batch), longest))
         jobs = jobs_of(batch)
         fields = logcontext.batch_fields(jobs, lane.model.model_id, len(batch))
         forward_at, started = time.time(), time.perf_counter()
@@ -323,11 +327,12 @@ class Batcher(LaneChanges):
             passes = run_isolating(batch, run, on_outputs, on_error)
         elapsed = time.perf_counter() - started
         tokens, padded = sum(it.length for it in batch), longest * len(batch)
-        log.info("batch: %s, %d items, longest %d tokens, %d padded tokens (%d real), %d job(s), forward %.1f ms%s",
+        log.info("batch: %s, %d items, longest %d tokens, %d padded tokens (%d real), %d job(s), forward %.1f ms%s%s",
                  lane.model.model_id, len(batch), longest, padded, tokens, len(jobs), elapsed * 1000,
+                 f" on {threads} thread{'s' if threads > 1 else ''}" if threads else "",
                  f" in {passes} passes (an item failed)" if passes > 1 else "",
                  extra={**fields, "tokens": tokens, "padded_tokens": padded,
-                        "forward_ms": round(elapsed * 1000, 2), "passes": passes})
+                        "forward_ms": round(elapsed * 1000, 2), "passes": passes, "threads": threads})
         lane.last_used = time.time()
         self._share.charge(lane, elapsed)
         if passes == 1:

@@ -114,6 +114,7 @@ class LaneChanges:
         if lane is None:
             return None
         cost = CostModel()
+        self._threads.whole_pool()
         calibrate(model.runner, cost, model.model_id, self.max_items, self.max_tokens)
         with self._cond:
             old = lane.model

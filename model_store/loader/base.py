@@ -32,13 +32,15 @@ class Runner(ABC):
     """A loaded model that turns input items into outputs, a batch at a time.
 
     `calibration_params` are the parameters calibration runs batches with
-    (tasks/calibration.py); `max_length` is the longest input in tokens.
+    (tasks/calibration.py); `max_length` is the longest input in tokens;
+    `device` the torch device it runs on (None: none of torch's).
     """
 
     task = ""
     max_length = 512
     calibration_params: dict = {}
     model = None
+    device = None
 
     @abstractmethod
     def encode(self, items: list, params: dict) -> list[Encoding]:

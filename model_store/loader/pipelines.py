@@ -35,6 +35,7 @@ class PipelineRunner(Runner):
         self.pipe = pipeline(task=task, model=str(info.path), tokenizer=tokenizer, device=device,
                              trust_remote_code=False)
         self.model = self.pipe.model
+        self.device = self.pipe.device
         self.tokenizer = tokenizer
         self.max_length = model_max_length(tokenizer, self.model.config)
         self.mask_token = tokenizer.mask_token
