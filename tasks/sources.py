@@ -220,11 +220,9 @@ class RedisSource:
             try:
                 got = self.deliveries.fetch(holder, wants, first)
             except _REDIS_ERRORS:
-                # The script may have run and its answer been lost (Redis stopped,
-                # or the link broke, after it ran): the messages would then sit in
-                # this live holder's deliveries, which no reaper empties and no
-                # batcher knows. Their tags are not given again; the next fetch
-                # first gives whatever they hold back to the queues.
+                # The script may have run, its answer lost (Redis stopped or the link broke
+                # after it ran): what it took would sit in this live holder's deliveries,
+                # which no reaper empties. The next fetch first gives those tags back.
                 self._next_tag = first + sum(n for _, n in wants)
                 self._unanswered.append((holder, [str(t) for t in range(first, self._next_tag)]))
                 raise
