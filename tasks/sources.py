@@ -212,10 +212,10 @@ class RedisSource:
     def _fetch_once(self) -> int:
         with self._fetch_lock:
             wants = [(queue_for(m), self._room(m)) for m in list(self._serving)]
+            self._give_back_unanswered()  # first, even with no room: the model may be gone
             wants = [(q, n) for q, n in wants if n > 0]
             if not wants:
                 return 0
-            self._give_back_unanswered()
             holder, first = self.holder, self._next_tag
             try:
                 got = self.deliveries.fetch(holder, wants, first)
