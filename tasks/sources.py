@@ -211,8 +211,8 @@ class RedisSource:
 
     def _fetch_once(self) -> int:
         with self._fetch_lock:
-            wants = [(queue_for(m), self._room(m)) for m in list(self._serving)]
             self._give_back_unanswered()  # first, even with no room: the model may be gone
+            wants = [(queue_for(m), self._room(m)) for m in list(self._serving)]
             wants = [(q, n) for q, n in wants if n > 0]
             if not wants:
                 return 0

@@ -1,6 +1,6 @@
 """What the start of a job may answer, and what it means for the job (tasks/reporting.py decides).
 
-Starting a job records it in Redis (`JobReporter.start`); the answer says
+Starting a job records it in Redis (`Reporter.start`); the answer says
 whether it runs: a job started before and never finished (its worker died,
 maybe of it) runs in a batch of its own, so a poison job takes no other job
 down with it again; one started MAX_DELIVERIES times fails with

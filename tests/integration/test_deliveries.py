@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from common import envelope, lua, protocol
-from common.deliveries import BEATS_KEY, TOMBSTONE_PREFIX, Deliveries, Reaper, deliveries_key, new_holder
+from common.deliveries import BEATS_KEY, TOMBSTONE_PREFIX, Deliveries, Reaper, new_holder
 from common.envelope import lists_of
 from tasks.sources import RedisSource
 from tests.helpers import wait_until
@@ -166,7 +166,8 @@ def test_a_fetch_below_the_floor_takes_nothing(client, deliveries, queue):
     assert [d.tag for d in deliveries.fetch(holder, [(queue, 2)], first_tag=3)] == ["3", "4"]
 
 
-def test_a_fetch_whose_answer_is_lost_gives_its_jobs_back_and_none_sticks(client, redis_url, queue, caplog):
+def test_a_fetch_whose_answer_is_lost_gives_its_jobs_back_and_none_sticks(client, deliveries, redis_url, queue,
+                                                                           caplog):
     """Redis runs a fetch after the worker stopped waiting for its answer (Redis stalled, or stopped
     or the link broke after the script ran): the jobs it took must not sit in a live holder's deliveries."""
     ids = push(client, queue, 5)
@@ -195,15 +196,11 @@ def test_a_fetch_whose_answer_is_lost_gives_its_jobs_back_and_none_sticks(client
     try:
         # The late fetch took the 5 jobs; the fetcher gives them back though it has no room now.
         wait_until(lambda: any("answer was lost had taken 5 job(s)" in r.getMessage() for r in caplog.records), 10)
-        assert delivered == [] and queued_ids(client, queue) == ids and deliveries_held(client, source.holder) == []
+        assert delivered == [] and queued_ids(client, queue) == ids and deliveries.held(source.holder) == {}
         tickets.append(1)
         source.wake()
         wait_until(lambda: len(delivered) == 5, timeout=5)
         assert sorted(ids_of(d.raw for d in delivered)) == sorted(ids) and client.llen(queue) == 0
-        assert sorted(deliveries_held(client, source.holder)) == sorted(d.tag for d in delivered)
+        assert sorted(deliveries.held(source.holder)) == sorted(d.tag for d in delivered)
     finally:
         source.stop()
-
-
-def deliveries_held(client, holder):
-    return [tag.decode() for tag in client.hkeys(deliveries_key(holder))]
