@@ -85,7 +85,7 @@ class JobService:
     def submit(self, model_id: str, items, is_list: bool, parameters: dict, wait: bool,
                timeout: float | None = None, use_cache: bool = True, prefilled: dict | None = None,
                coalesce: str | None = None, request_id: str | None = None,
-               traceparent: str | None = None) -> tuple[str, Waiter | None]:
+               traceparent: str | None = None, settled=None) -> tuple[str | None, Waiter | None]:
         """Record and publish one job; return its id and, if `wait`, a waiter.
 
         With `timeout`, the job expires (Celery's `expires`) that many seconds
@@ -93,7 +93,11 @@ class JobService:
         holds outputs (by item index) already known from the cache: the job
         carries them and computes only the rest. With `coalesce` (a key of
         the whole request) a waiting request identical to one in flight
-        from this process joins that job instead of queueing another.
+        from this process joins that job instead of queueing another;
+        `settled()`, asked then when none is in flight, says whether one
+        finished since the caller read the cache: its outputs are in level 1
+        (callers remember them before they leave()), so nothing is queued
+        and (None, None) comes back.
         `request_id` and `traceparent` (checked: common/requestid.py) go on
         the record and in the task message's headers.
         """
@@ -108,6 +112,8 @@ class JobService:
                     joined = self._inflight.get(coalesce)
                     if joined is not None:
                         joined[1].waiting += 1
+                    elif settled is not None and settled():
+                        return None, None
                     else:
                         waiter = self.listener.register(job_id)
                         waiter.coalesce = coalesce
@@ -143,7 +149,7 @@ class JobService:
             log.warning("job %s: cannot queue it: %s", job_id, exc, extra={"job_id": job_id})
             error = BrokerUnavailable("cannot queue the job: the broker is unreachable")
             if waiter is not None:
-                self._forget(waiter)
+                self.leave(waiter)
                 # requests that joined this job get the same answer
                 waiter.deliver(envelope.failure(job_id, error, envelope.now()))
             try:
@@ -193,13 +199,11 @@ class JobService:
     # -- reading ----------------------------------------------------------
 
     def wait(self, waiter: Waiter, timeout: float) -> dict | None:
-        """The job's final result payload, or None if `timeout` runs out."""
-        try:
-            return wait_for(waiter, timeout, lambda: self._read_final(waiter.job_id))
-        finally:
-            self._forget(waiter)
+        """The job's final result payload, or None if `timeout` runs out; leave() the waiter after."""
+        return wait_for(waiter, timeout, lambda: self._read_final(waiter.job_id))
 
-    def _forget(self, waiter: Waiter) -> None:
+    def leave(self, waiter: Waiter) -> None:
+        """A request is done with `waiter`; once its last one leaves, an identical request queues a job again."""
         key = getattr(waiter, "coalesce", None)
         if key is not None:
             with self._inflight_lock:

@@ -77,6 +77,11 @@ class ResponseCache:
             CACHE_MISSES.labels(model_id, "l2").inc(len(missing) - hits)
         return found, level
 
+    def holds(self, keys: list[str]) -> bool:
+        """Whether level 1 has every key (no Redis, no metrics)."""
+        with self._lock:
+            return all(key in self._l1 for key in keys)
+
     def remember_outputs(self, keys, outputs) -> None:
         """Keep a finished job's outputs in level 1 (the worker wrote level 2)."""
         for key, output in zip(keys or (), outputs):

@@ -36,7 +36,7 @@ class Waiter:
         self.event = threading.Event()
         self.payload: dict | None = None
         self.coalesce: str | None = None  # set when identical requests may join this job
-        self.waiting = 1  # requests waiting on it (those that joined included); see JobService._forget
+        self.waiting = 1  # requests waiting on it (those that joined included); see JobService.leave
 
     def deliver(self, payload: dict) -> None:
         self.payload = payload

@@ -130,7 +130,8 @@ def test_20_identical_concurrent_requests_make_one_forward_pass(web, rdb, worker
         results = [a["result"] for a in answers]
         assert all(close(r, results[0], 1e-9) for r in results)
         assert batch_stats(rdb, "minilm-c")["items"] - before.get("items", 0) == 1
-        assert len({a["job_id"] for a in answers}) == 1  # one job, every request joined it
+        # one job: every request joined it, or (arriving just after it finished) read its outputs from the cache
+        assert len({a["job_id"] for a in answers if not a["cached"]}) == 1
     finally:
         web.post("/models/unload", model_id="minilm-c")
 

@@ -224,6 +224,14 @@ def answer_jobs(client, queue: str, stop: threading.Event, answered: list[str], 
     return thread
 
 
+def wait_and_leave(jobs, waiter, timeout):
+    """What /predict does with a waiter: wait for the payload, then leave."""
+    try:
+        return jobs.wait(waiter, timeout)
+    finally:
+        jobs.leave(waiter)
+
+
 def test_coalescing_from_many_threads(client, frequent_switches):
     """64 threads sending 4 distinct requests, some giving up early: each waiting one is woken, nothing is left over."""
     jobs = JobService(Settings(redis_url=REDIS_URL))
@@ -236,9 +244,9 @@ def test_coalescing_from_many_threads(client, frequent_switches):
         job_id, waiter = jobs.submit("m", ["x"], False, {}, wait=True, coalesce=f"request-{i % 4}")
         requests.append(job_id)
         if i % 8 == 0:  # options.wait ran out: answered 202 while the others still wait
-            jobs.wait(waiter, 0.001)
+            wait_and_leave(jobs, waiter, 0.001)
             return
-        payload = jobs.wait(waiter, 2.0)  # no result is stored: only the published one can wake it
+        payload = wait_and_leave(jobs, waiter, 2.0)  # no result is stored: only the published one can wake it
         assert payload is not None, "a waiting request was never woken"
         assert payload["task_id"] == job_id == waiter.job_id and payload["result"] == [job_id]
 
@@ -291,14 +299,35 @@ def test_a_joined_request_outlives_the_request_it_joined(client):
         first_id, first = jobs.submit("m", ["x"], False, {}, wait=True, coalesce="same")
         joined_id, joined = jobs.submit("m", ["x"], False, {}, wait=True, coalesce="same")
         assert joined_id == first_id
-        assert jobs.wait(first, 0.05) is None  # the first gives up (options.wait) and answers 202
+        assert wait_and_leave(jobs, first, 0.05) is None  # the first gives up (options.wait) and answers 202
         late_id, late = jobs.submit("m", ["x"], False, {}, wait=True, coalesce="same")
         assert late_id == first_id  # the job is still in flight: it can still be joined
         client.publish(jobs.listener.channel, orjson.dumps({"status": "SUCCESS", "result": [1], "task_id": first_id}))
         # No result is stored: only the published one can wake them.
-        assert jobs.wait(joined, 2.0)["result"] == [1]
-        assert jobs.wait(late, 2.0)["result"] == [1]
+        assert wait_and_leave(jobs, joined, 2.0)["result"] == [1]
+        assert wait_and_leave(jobs, late, 2.0)["result"] == [1]
         assert not jobs._inflight and not jobs.listener._waiters
+    finally:
+        jobs.listener.stop()
+
+
+def test_a_request_whose_twin_finished_since_its_cache_read_queues_nothing(client):
+    """An identical job can finish between a request's cache read and its submit: settled() says so, none queued."""
+    jobs = JobService(Settings(redis_url=REDIS_URL))
+    queue = protocol.queue_for("m")
+    try:
+        first_id, first = jobs.submit("m", ["x"], False, {}, wait=True, coalesce="same", settled=lambda: False)
+        assert first_id is not None and client.llen(queue) == 1
+        # one in flight: joined, settled() is not asked
+        assert jobs.submit("m", ["x"], False, {}, wait=True, coalesce="same", settled=lambda: True)[0] == first_id
+        client.publish(jobs.listener.channel, orjson.dumps({"status": "SUCCESS", "result": [1], "task_id": first_id}))
+        for _ in range(2):
+            assert wait_and_leave(jobs, first, 2.0)["result"] == [1]
+        assert jobs.submit("m", ["x"], False, {}, wait=True, coalesce="same", settled=lambda: True) == (None, None)
+        assert client.llen(queue) == 1 and not jobs._inflight and not jobs.listener._waiters
+        late_id, late = jobs.submit("m", ["x"], False, {}, wait=True, coalesce="same", settled=lambda: False)
+        assert late_id not in (None, first_id) and client.llen(queue) == 2  # not settled: a job of its own
+        jobs.leave(late)
     finally:
         jobs.listener.stop()
 

@@ -86,14 +86,33 @@ def _accepted(job_id: str, status: str = "queued"):
 
 
 def _submit(acc: Accepted, wait: bool):
+    """Queue the job, or join an identical one in flight; (None, None) when one finished since the cache read."""
     req = acc.req
-    job = services().jobs.submit(
+    svc = services()
+    # An identical job can finish between this request's cache read and its
+    # submit: its outputs are in level 1 by then (see predict), so look again
+    # rather than run it a second time.
+    settled = (lambda: svc.cache.holds(acc.cache_keys)) if wait and acc.cache_keys else None
+    job = svc.jobs.submit(
         req.model_id, req.items, req.is_list, acc.params, wait=wait, timeout=req.timeout, use_cache=req.use_cache,
         prefilled=acc.prefilled(), coalesce=acc.coalescing_key() if wait else None,
-        request_id=request_id(), traceparent=traceparent())
-    logcontext.bind(job_id=job[0])
-    JOBS.labels(req.model_id).inc()
+        request_id=request_id(), traceparent=traceparent(), settled=settled)
+    if job[0] is not None:
+        logcontext.bind(job_id=job[0])
+        JOBS.labels(req.model_id).inc()
     return job
+
+
+def _answer_cached(acc: Accepted, started: float):
+    req = acc.req
+    return jsonify({
+        "job_id": None,  # nothing was queued
+        "model_id": req.model_id,
+        "status": "succeeded",
+        "result": acc.cached_result(),
+        "cached": True,
+        "timings": {"cache": acc.cache_level, "total_ms": round((time.monotonic() - started) * 1000, 3)},
+    })
 
 
 @bp.post("/predict")
@@ -103,24 +122,27 @@ def predict():
     acc = _accept()
     req = acc.req
     if acc.all_cached:
-        return jsonify({
-            "job_id": None,  # nothing was queued
-            "model_id": req.model_id,
-            "status": "succeeded",
-            "result": acc.cached_result(),
-            "cached": True,
-            "timings": {"cache": acc.cache_level, "total_ms": round((time.monotonic() - started) * 1000, 3)},
-        })
+        return _answer_cached(acc, started)
     svc = services()
-    job_id, waiter = _submit(acc, wait=req.wait > 0)
-    payload = svc.jobs.wait(waiter, req.wait) if waiter is not None else None
-    if payload is None:
+    while (job := _submit(acc, wait=req.wait > 0))[0] is None:  # an identical job finished meanwhile
+        acc.cached, acc.cache_level = svc.cache.lookup(req.model_id, acc.cache_keys)
+        if acc.all_cached:  # (unless its entries expired right then)
+            return _answer_cached(acc, started)
+    job_id, waiter = job
+    if waiter is None:
         return _accepted(job_id)
-    status, result, error = outcome(payload)
-    if error is not None:
-        error.details["job_id"] = job_id
-        raise error
-    svc.cache.remember_outputs(payload.get("cache_keys"), result if req.is_list else [result])
+    try:
+        payload = svc.jobs.wait(waiter, req.wait)
+        if payload is None:
+            return _accepted(job_id)
+        status, result, error = outcome(payload)
+        if error is not None:
+            error.details["job_id"] = job_id
+            raise error
+        # before leaving: an identical request that finds no job in flight looks here
+        svc.cache.remember_outputs(payload.get("cache_keys"), result if req.is_list else [result])
+    finally:
+        svc.jobs.leave(waiter)
     svc.jobs.delivered(job_id)  # the client has the result: its keys need not live RESULT_TTL
     timings = dict(payload.get("timings") or {})
     if acc.cached:
