@@ -249,7 +249,11 @@ class ModelManager:
     def _ready(self, model_id: str) -> None:
         """Device thread: the model is calibrated; consume its queue from now on."""
         # Weights are memory-mapped and read lazily: only now, after the
-        # calibration passes touched them all, does RSS show the model.
+        # calibration passes touched them, does RSS show the model (of the
+        # embedding table, only the rows of tokens seen so far). What the
+        # passes left in malloc's free lists goes back first: RSS then says
+        # what the model holds, not what calibrating it held.
+        release_memory(self.serving.device)
         record = self.memory.setdefault(model_id, {})
         record.update(rss_after_load=rss_bytes(), cuda_after_load=cuda_bytes(self.serving.device))
         log.info("%s ready on %s: RSS %+.1f MB", model_id, self.serving.device,
@@ -278,11 +282,11 @@ class ModelManager:
         after = rss_bytes()
         record = self.memory.setdefault(model_id, {})
         record.update(rss_before_unload=before, rss_after_unload=after, cuda_after_unload=cuda_bytes(serving.device))
-        weights = record.get("weights_bytes") or 0
-        if weights:
-            record["returned_fraction"] = round((before - after) / weights, 3)
-        log.info("unloaded %s: RSS %.1f -> %.1f MB (%s of its %.1f MB of weights)", model_id, before / 1e6,
-                 after / 1e6, record.get("returned_fraction"), weights / 1e6)
+        took = before - record.get("rss_before_load", before)  # its load and its serving
+        if took > 0:  # (weights are memory-mapped: RSS holds the pages passes touched, not all of them)
+            record["returned_fraction"] = round((before - after) / took, 3)
+        log.info("unloaded %s: RSS %.1f -> %.1f MB (%s of the %.1f MB its load and serving took)", model_id,
+                 before / 1e6, after / 1e6, record.get("returned_fraction"), took / 1e6)
         self.states.pop(model_id, None)
         self._changed()
 
