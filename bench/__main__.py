@@ -38,7 +38,7 @@ from bench.framework import report as framework_report
 from bench.harness import OUT, Progress, cpu_seconds, run_wrk, tree
 from bench.load import sentences
 from bench.scaling import section_of
-from bench.unload import measure_unload
+from bench.unload import in_process_cycles, measure_unload
 from bench.unload import report as unload_report
 from bench.validation_cost import report as validation_report
 from common.protocol import batch_stats_key
@@ -247,7 +247,7 @@ def main(argv=None) -> int:
     levels = [int(x) for x in args.levels.split(",")]
     configs = [("on", {})] + ([] if args.skip_off else [("off", {"max_batch_size": 1})])
     progress = Progress(3 + len(configs) * len(levels) + (0 if args.skip_cache else 3)
-                        + (0 if args.skip_framework else 2 * 4 + 1) + (0 if args.skip_unload else 2))
+                        + (0 if args.skip_framework else 2 * 4 + 1) + (0 if args.skip_unload else 3))
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     OUT.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="atf-bench-"))
@@ -281,7 +281,10 @@ def main(argv=None) -> int:
                 framework = [measure_framework(server, model_dir, texts, work, min(args.duration, 10), progress,
                                                profile_s=15 if run else 0) for run in range(2)]
             if not args.skip_unload:
-                unload = measure_unload(server, model_dir, work, progress)
+                unload = {"worker": measure_unload(server, model_dir, work, progress)}
+                unload["in_process"] = in_process_cycles(model_dir)
+                progress("unload cycles in a process of their own: " + ", ".join(
+                    f"{100 * c['fraction']:.0f} %" for c in unload["in_process"]))
         (OUT / "results.json").write_text(json.dumps({"ceiling": ceiling, "rows": rows, "cache": cache,
                                                          "framework": framework, "unload": unload}, indent=1))
         plot(rows, ceiling, ROOT / "bench" / "bench.png")
@@ -291,7 +294,7 @@ def main(argv=None) -> int:
         if framework is not None:
             text += "\n" + "\n".join(framework_report(framework))
         if unload is not None:
-            text += "\n" + "\n".join(unload_report(unload))
+            text += "\n" + "\n".join(unload_report(unload["worker"], unload["in_process"]))
         text += "\n" + "\n".join(validation_report())
         results = Path(args.results)
         kept = section_of(results.read_text()) if results.exists() else ""  # `make bench-scaling`'s
