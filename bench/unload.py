@@ -4,8 +4,10 @@ A worker that already serves `tiny-embed` (so torch, its kernels and the
 tokenizer library are initialized, as on any worker that has served a
 model) loads `minilm` through the HTTP admin endpoint, serves it, unloads
 it; twice. The worker records its RSS before and after each load (after
-calibration, when the weights are resident) and each unload; the section
-reports the share of what the load added that the unload returned.
+calibration, with malloc's free lists given back; the weights are
+memory-mapped, so the pages passes touched) and each unload; the section
+reports the share of what the load and the serving added that the unload
+returned.
 
 Then the same cycles with no worker around them (`--in-process`: a fresh
 process, the same warm model, LoadedModels and the worker's own RSS and
@@ -29,7 +31,7 @@ from pathlib import Path
 from bench.framework import MODEL as WARM_MODEL
 from bench.framework import build_tiny_embed
 from bench.load import sentences
-from devtools.processes import Webapp, Worker, service_env
+from devtools.processes import ROOT, Webapp, Worker, service_env
 from devtools.redis_server import EmbeddedRedis
 
 CYCLES = 2
@@ -76,8 +78,10 @@ def measure_unload(redis_server, model_dir: Path, work: Path, progress=print) ->
 def in_process_cycles(model_dir: Path, cycles: int = IN_PROCESS_CYCLES) -> list[dict]:
     """The cycles in a fresh process of their own (see `_cycle_in_process`)."""
     out = subprocess.run([sys.executable, "-m", "bench.unload", "--in-process", str(model_dir), str(cycles)],
-                         capture_output=True, text=True, check=True, timeout=600,
+                         capture_output=True, text=True, timeout=600, cwd=ROOT,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if out.returncode != 0:
+        raise RuntimeError(f"bench.unload --in-process exited {out.returncode}:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -111,7 +115,8 @@ def _cycle_in_process(model_dir: Path, cycles: int) -> list[dict]:
         release_memory("cpu")
         after = rss_bytes()
         out.append({"cycle": cycle, "added_mb": (loaded - before) / 1e6, "returned_mb": (loaded - after) / 1e6,
-                    "fraction": (loaded - after) / (loaded - before), "above_start_mb": (after - start) / 1e6})
+                    "fraction": (loaded - after) / (loaded - before) if loaded > before else 0.0,
+                    "above_start_mb": (after - start) / 1e6})
     return out
 
 

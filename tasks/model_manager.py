@@ -252,7 +252,8 @@ class ModelManager:
         # calibration passes touched them, does RSS show the model (of the
         # embedding table, only the rows of tokens seen so far). What the
         # passes left in malloc's free lists goes back first: RSS then says
-        # what the model holds, not what calibrating it held.
+        # what the model holds, not what calibrating it held (a gc pass on
+        # the device thread, once per load, after seconds of calibration).
         release_memory(self.serving.device)
         record = self.memory.setdefault(model_id, {})
         record.update(rss_after_load=rss_bytes(), cuda_after_load=cuda_bytes(self.serving.device))
@@ -275,6 +276,7 @@ class ModelManager:
         if unstarted:
             serving.source.hand_back(unstarted)
             log.info("unloading %s: %d job(s) not started are back in its queue", model_id, len(unstarted))
+        release_memory(serving.device)  # measured as after: what serving freed is not counted as returned
         before = rss_bytes()
         old = serving.models.unload(model_id)
         del old
@@ -282,7 +284,8 @@ class ModelManager:
         after = rss_bytes()
         record = self.memory.setdefault(model_id, {})
         record.update(rss_before_unload=before, rss_after_unload=after, cuda_after_unload=cuda_bytes(serving.device))
-        took = before - record.get("rss_before_load", before)  # its load and its serving
+        # What RSS grew by since its load: its load and serving, and any model loaded since.
+        took = before - record.get("rss_before_load", before)
         if took > 0:  # (weights are memory-mapped: RSS holds the pages passes touched, not all of them)
             record["returned_fraction"] = round((before - after) / took, 3)
         log.info("unloaded %s: RSS %.1f -> %.1f MB (%s of the %.1f MB its load and serving took)", model_id,
