@@ -2,8 +2,9 @@
 
 SPEC §1 puts a queue between the webapp and the model: a request is a
 message on a Redis list, a worker process takes it, and its answer comes
-back to the webapp's waiting thread through Redis. This is that path with
-no work on it, the least any design of that shape can cost:
+back to the webapp's waiting thread through Redis. This is a minimal
+implementation of that path with no work on it, the webapp synchronous as
+ours is (one LPUSH per request):
 
 - the webapp (this module's `app`, under the project's gunicorn settings,
   like bench/floor.py) parses the JSON body, LPUSHes a message naming its
@@ -39,7 +40,7 @@ class Replies:
 
     def __init__(self, client: redis.Redis):
         self.client = client
-        self.channel = f"queue-floor:reply:{uuid.uuid4().hex}"
+        self.channel = ""  # one per process, named when it starts listening
         self._waiting: dict[str, list] = {}
         self._lock = threading.Lock()
         self._pid = None
@@ -49,6 +50,7 @@ class Replies:
             return
         with self._lock:
             if self._pid != os.getpid():  # gunicorn forks: one listener per worker process
+                self.channel = f"queue-floor:reply:{uuid.uuid4().hex}"
                 pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(self.channel)
                 threading.Thread(target=self._listen, args=(pubsub,), daemon=True).start()
