@@ -4,10 +4,10 @@
 
 1. the HTTP floor — bench/floor.py, a Flask app under the same gunicorn
    settings answering the same POST with no work;
-2. the queue floor — bench/queue_floor.py, the HTTP floor plus the two
-   Redis hops of SPEC §1's path (a message on a list, a worker process, the
-   answer back through Redis) with no work: the least any design of that
-   shape costs;
+2. the queue floor — bench/queue_floor.py, the HTTP floor plus a minimal
+   synchronous implementation of the two Redis hops of SPEC §1's path (a
+   message on a list, a worker process, the answer back through Redis) with
+   no work on them;
 3. the service with `tiny-embed`, a ~1 MB random BERT served as feature
    extraction (2 layers, 32 wide), cache bypassed, unique sentences;
 each at 1 and 64 clients with wrk, with the CPU time per request of every
@@ -175,7 +175,8 @@ def measure_framework(redis_server, model_dir: Path, texts: list[str], work: Pat
 
 def measure_queue_floor(env: dict, work: Path, bodies: Path, seconds: float, progress, redis_pid: int) -> list[dict]:
     """bench/queue_floor.py: the floor plus one Redis hop each way, its webapp and worker measured as the service's."""
-    log = open(work / "queue-floor-worker.log", "w")
+    log_path = work / "queue-floor-worker.log"
+    log = open(log_path, "w")
     worker = subprocess.Popen([PYTHON, "-m", "bench.queue_floor", "worker"], cwd=ROOT, env=env,
                               stdout=log, stderr=subprocess.STDOUT)
     webapp = None
@@ -183,7 +184,7 @@ def measure_queue_floor(env: dict, work: Path, bodies: Path, seconds: float, pro
         webapp = Webapp(env, work, app="bench.queue_floor:app", ready_path="/health/live")
         webapp.wait_ready()
         if worker.poll() is not None:
-            raise RuntimeError(f"the queue floor's worker exited: {(work / 'queue-floor-worker.log').read_text()}")
+            raise RuntimeError(f"the queue floor's worker exited: {log_path.read_text()}")
         return measure(QUEUE_FLOOR, webapp.url, {"webapp": webapp.process.pid, "worker": worker.pid,
                                                    "redis": redis_pid}, bodies, seconds, progress, 10000)
     finally:
@@ -225,23 +226,23 @@ def report(runs: list[dict]) -> list[str]:
         "|---|" + "---|" * len(runs),
     ]
     tables = [{(r["system"], r["clients"]): r for r in result["rows"]} for result in runs]
+    rps = [{name: t[(name, 64)]["rps"] for name in ("floor", QUEUE_FLOOR, "service")} for t in tables]
+    # one client's least: the queue floor's p50 and the model alone, per run
+    least = [(t[(QUEUE_FLOOR, 1)]["p50_ms"], result["single_forward_ms"]) for t, result in zip(tables, runs)]
     lines.append("| 64 clients ≥ 0.6 × the HTTP floor | " + " | ".join(
         f"{ours:.0f} / {floor:.0f} = **{ours / floor:.2f}×** ({'met' if ours / floor >= 0.6 else 'missed'})"
-        for ours, floor in ((t[("service", 64)]["rps"], t[("floor", 64)]["rps"]) for t in tables)) + " |")
+        for ours, floor in ((r["service"], r["floor"]) for r in rps)) + " |")
     lines.append("| the queue floor at 64 clients, × the HTTP floor | " + " | ".join(
-        f"{t[(QUEUE_FLOOR, 64)]['rps']:.0f} / {t[('floor', 64)]['rps']:.0f} = "
-        f"{t[(QUEUE_FLOOR, 64)]['rps'] / t[('floor', 64)]['rps']:.2f}×" for t in tables) + " |")
+        f"{r[QUEUE_FLOOR]:.0f} / {r['floor']:.0f} = {r[QUEUE_FLOOR] / r['floor']:.2f}×" for r in rps) + " |")
     lines.append("| the service at 64 clients, × the queue floor | " + " | ".join(
-        f"{t[('service', 64)]['rps'] / t[(QUEUE_FLOOR, 64)]['rps']:.2f}×" for t in tables) + " |")
+        f"{r['service'] / r[QUEUE_FLOOR]:.2f}×" for r in rps) + " |")
     lines.append("| 1 client p50 ≤ 2 ms | " + " | ".join(
         f"**{p50:.2f} ms** ({'met' if p50 <= 2 else 'missed'})" for p50 in
         (t[("service", 1)]["p50_ms"] for t in tables)) + " |")
     lines.append("| 1 client, about the least: the queue floor's p50 + the model alone (p50) | " + " | ".join(
-        f"{t[(QUEUE_FLOOR, 1)]['p50_ms']:.2f} + {result['single_forward_ms']:.2f} = "
-        f"{t[(QUEUE_FLOOR, 1)]['p50_ms'] + result['single_forward_ms']:.2f} ms"
-        for t, result in zip(tables, runs)) + " |")
-    worst_queue = max(t[(QUEUE_FLOOR, 64)]["rps"] / t[("floor", 64)]["rps"] for t in tables)
-    least_one = min(t[(QUEUE_FLOOR, 1)]["p50_ms"] + result["single_forward_ms"] for t, result in zip(tables, runs))
+        f"{path:.2f} + {model:.2f} = {path + model:.2f} ms" for path, model in least) + " |")
+    worst_queue = max(r[QUEUE_FLOOR] / r["floor"] for r in rps)
+    least_one = min(path + model for path, model in least)
     lines += [
         "",
         "The queue floor (bench/queue_floor.py) is the HTTP floor plus a minimal implementation of SPEC §1's "

@@ -81,8 +81,12 @@ class Replies:
         return slot[1]
 
 
+def connect() -> redis.Redis:
+    return redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+
+
 app = Flask(__name__)
-replies = Replies(redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")))
+replies = Replies(connect())
 
 
 @app.post("/predict")
@@ -115,4 +119,4 @@ def work(client: redis.Redis) -> None:
 if __name__ == "__main__":
     if sys.argv[1:] != ["worker"]:
         sys.exit("usage: python -m bench.queue_floor worker   (REDIS_URL names the Redis)")
-    work(redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")))
+    work(connect())
