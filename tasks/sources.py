@@ -70,6 +70,10 @@ class RedisSource:
         self._armed: set[str] = set()  # queues whose watcher should wait for a message
         self._cond = threading.Condition()
         self._woken = False
+        # Whether freed room can let the fetcher take more: False only while
+        # it waits with every served queue emptied and watched (then only a
+        # new message can, and its watcher sees it).
+        self._room_bound = True
         self._stopping = False
         self._fetch_lock = threading.RLock()  # held while fetching and handing jobs to the batcher
         self._thread = threading.Thread(target=self._run, name="fetcher", daemon=True)
@@ -119,9 +123,15 @@ class RedisSource:
             return None
 
     def wake(self) -> None:
-        """The batcher has room again: fetch now rather than at the next recheck."""
+        """The batcher has room again: fetch now rather than at the next recheck.
+
+        Not when the fetcher waits on every served queue, all of them emptied
+        by its last fetch: there is nothing to take until a message comes,
+        and the watchers wake it then. At one request at a time this spares a
+        fetch script per job (each finished job frees room).
+        """
         with self._cond:
-            if not self._woken:
+            if self._room_bound and not self._woken:
                 self._woken = True
                 self._cond.notify_all()
 
@@ -185,8 +195,9 @@ class RedisSource:
                 if self._stopping:
                     return
                 self._woken = False
+                self._room_bound = True
             try:
-                got = self._fetch_once()
+                got, drained = self._fetch_once()
             except _REDIS_ERRORS as exc:
                 log.warning("cannot fetch jobs from the broker (%s); retrying in %.1fs", exc, backoff)
                 with self._cond:
@@ -198,24 +209,27 @@ class RedisSource:
                 time.sleep(0.1)
                 continue
             backoff = 0.1
-            if got:
-                continue
+            if got and not drained:
+                continue  # a queue may hold more
             with self._cond:
-                # Nothing taken: wait for a message on a queue with room, for
-                # room, or for a change of models.
+                # Nothing more to take now: wait for a message on a queue with
+                # room, for room, or for a change of models. A message that came
+                # since the fetch wakes its watcher at once.
                 self._armed = {queue_for(m) for m in self._serving if self._room(m) > 0}
+                self._room_bound = not drained or len(self._armed) < len(self._serving)
                 self._cond.notify_all()
                 if not self._woken and not self._stopping:
                     self._cond.wait(IDLE_RECHECK_S)
                 self._armed = set()
 
-    def _fetch_once(self) -> int:
+    def _fetch_once(self) -> tuple[int, bool]:
+        """(messages taken, whether every queue asked gave fewer than asked: all of them emptied)."""
         with self._fetch_lock:
             self._give_back_unanswered()  # first, even with no room: the model may be gone
             wants = [(queue_for(m), self._room(m)) for m in list(self._serving)]
             wants = [(q, n) for q, n in wants if n > 0]
             if not wants:
-                return 0
+                return 0, False
             holder, first = self.holder, self._next_tag
             try:
                 got = self.deliveries.fetch(holder, wants, first)
@@ -227,12 +241,14 @@ class RedisSource:
                 self._unanswered.append((holder, [str(t) for t in range(first, self._next_tag)]))
                 raise
             self._next_tag += len(got)
+            taken: dict[str, int] = {}
             for delivery in got:
+                taken[delivery.queue] = taken.get(delivery.queue, 0) + 1
                 try:
                     self._on_delivery(delivery, holder)
                 except Exception:  # noqa: BLE001 - one job must not stop the others
                     log.exception("could not take delivery %s from %s", delivery.tag, delivery.queue)
-            return len(got)
+            return len(got), all(taken.get(q, 0) < n for q, n in wants)
 
     def _give_back_unanswered(self) -> None:
         """What fetches without an answer took goes back to the front of its queues; if they reach

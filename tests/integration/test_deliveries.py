@@ -204,3 +204,46 @@ def test_a_fetch_whose_answer_is_lost_gives_its_jobs_back_and_none_sticks(client
         assert sorted(deliveries.held(source.holder)) == sorted(d.tag for d in delivered)
     finally:
         source.stop()
+
+
+def fetches(client) -> int:
+    """Scripts run so far on this server (the fetcher's only scripted call here is its fetch)."""
+    return client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+
+
+def test_an_idle_fetcher_fetches_once_per_message_and_on_room_only_when_room_held_it_back(client, redis_url, queue,
+                                                                                          monkeypatch):
+    """One request at a time: each message costs one fetch, and a finished job's freed slot none (the
+    queue is empty and watched); a message left queued for want of room is fetched when room is freed."""
+    import tasks.sources
+
+    monkeypatch.setattr(tasks.sources, "IDLE_RECHECK_S", 60.0)  # any fetch below comes from a wake-up
+    settings = types.SimpleNamespace(broker_url=redis_url, result_backend=redis_url)
+    delivered, room = [], {"free": 8}
+    source = RedisSource(settings, "w@test", lambda delivery, holder: delivered.append(delivery),
+                         lambda model_id: room["free"])
+    source.start()
+    source.serve(queue.removeprefix("infer."))
+    try:
+        wait_until(lambda: queue in source._armed, timeout=5)  # waiting on its watcher
+        before = fetches(client)
+        for n in range(1, 6):
+            push(client, queue, 1, start=n)
+            wait_until(lambda n=n: len(delivered) == n, timeout=5)
+            wait_until(lambda: queue in source._armed, timeout=5)
+            for _ in range(3):  # the reporter and the batcher, as the job finishes
+                source.wake()
+            time.sleep(0.05)
+        assert fetches(client) - before == 5 and client.llen(queue) == 0
+
+        room["free"] = 0  # the batcher is full: the next message waits in its queue
+        source.wake()
+        ids = push(client, queue, 2, start=10)
+        time.sleep(0.5)
+        assert len(delivered) == 5 and queued_ids(client, queue) == ids
+        room["free"] = 8
+        source.wake()  # a job finished: its slot takes the waiting messages
+        wait_until(lambda: len(delivered) == 7, timeout=5)
+        assert ids_of(d.raw for d in delivered[5:]) == ids
+    finally:
+        source.stop()
