@@ -319,7 +319,7 @@ class Batcher(LaneChanges):
                 job.fail(exc)
 
         longest = max(it.length for it in batch)
-        threads = self._threads.for_batch(runner.device, lane.cost.time(len(batch), longest))
+        threads = self._threads.for_batch(runner.device, lane.cost.quiet_time(len(batch), longest))
         jobs = jobs_of(batch)
         fields = logcontext.batch_fields(jobs, lane.model.model_id, len(batch))
         forward_at, started = time.time(), time.perf_counter()

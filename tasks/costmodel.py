@@ -27,9 +27,14 @@ import numpy as np
 
 # Refit after this many new observed batches, over at most this many: often
 # enough that a badly calibrated model is corrected within a few dozen
-# batches, while a fit (well under a millisecond) stays rare next to them.
+# batches, while a fit (about half a millisecond, on the device thread)
+# stays rare next to them ...
 REFIT_EVERY = 8
 HISTORY = 256
+# ... and only once those batches took this long together: for a model
+# whose batches take a millisecond, a fit every 8 would cost 6% of the
+# device thread's time (tiny-embed at one client); this keeps it near 2%.
+REFIT_AFTER_S = 0.025
 # The robust fit: a point's relative error is measured in units of the
 # median error (at least FLOOR, the jitter of a quiet machine); points past
 # CUTOFF units get no weight (Tukey's biweight), after ROBUST_ROUNDS passes.
@@ -48,9 +53,11 @@ class CostModel:
 
     def __init__(self, coef=(1e-3, 1e-6, 0.0, 0.0)):
         self._set(coef)
+        self._quiet = self._a, self._b, self._g, self._d  # the fit of the calibration alone (see quiet_time)
         self._calibration: list[tuple[int, int, float]] = []
         self._observed: deque = deque(maxlen=HISTORY)
         self._new = 0
+        self._new_s = 0.0  # the new batches' seconds
         self._lock = threading.Lock()
 
     def _set(self, coef) -> None:
@@ -61,6 +68,18 @@ class CostModel:
         """Predicted seconds for a batch of `items` padded to `length` tokens."""
         tokens = items * length
         return self._a + tokens * (self._b + self._g * length + self._d * tokens)
+
+    def quiet_time(self, items: int, length: int) -> float:
+        """Predicted seconds from the calibration alone: the batch's work as timed at load.
+
+        `time` follows what batches take now, on however busy a machine and
+        however many threads they ran on; this one stays what the batch
+        costs the whole pool on a machine left to it, which is what
+        deciding whether to split a batch over the pool needs (tasks/intraop.py).
+        """
+        a, b, g, d = self._quiet
+        tokens = items * length
+        return a + tokens * (b + g * length + d * tokens)
 
     def fit(self, samples) -> None:
         """Robust least squares on relative error, every term kept non-negative.
@@ -73,8 +92,9 @@ class CostModel:
         samples = list(samples)
         if len(samples) < 4:
             return
-        x = np.array([features(c, n) for c, n, _ in samples])
-        y = np.array([t for _, _, t in samples])
+        items, length, y = np.array(samples, dtype=float).T
+        tokens = items * length
+        x = np.column_stack([np.ones_like(tokens), tokens, tokens * length, tokens * tokens])  # features()
         scale = 1.0 / np.maximum(y, 1e-6)  # relative error: small batches matter as much
         weight = np.ones(len(y))
         coef = _nonnegative_lstsq(x * scale[:, None], y * scale)
@@ -96,15 +116,17 @@ class CostModel:
         """Start from timings made at load: (items, length, seconds)."""
         self._calibration = list(samples)
         self.fit(self._calibration)
+        self._quiet = self._a, self._b, self._g, self._d
 
     def observe(self, items: int, length: int, seconds: float) -> None:
         """Learn from a batch the worker ran; refit now and then."""
         with self._lock:
             self._observed.append((items, length, seconds))
             self._new += 1
-            if self._new < REFIT_EVERY:
+            self._new_s += seconds
+            if self._new < REFIT_EVERY or self._new_s < REFIT_AFTER_S:
                 return
-            self._new = 0
+            self._new, self._new_s = 0, 0.0
             samples = self._calibration + list(self._observed)
         self.fit(samples)
 

@@ -10,6 +10,14 @@ thread, and a larger one on the whole pool, where splitting pays (minilm,
 in-process on 2 cores: a batch of 8 took 31 ms on 2 threads, 43 ms on 1).
 README "Benchmark" gives the figures through HTTP.
 
+The prediction is the calibration's (CostModel.quiet_time), not the one
+observed batches keep refitting: those run slower on a busy machine and on
+one thread, so the live prediction rose under load and sent more small
+batches to the pool, the more so the busier the machine: on tiny-embed
+(64 clients, then one), four runs sent 36 to 108 batches of 920 to 1,531
+to the pool; four with the calibration's prediction, 2 to 15 of 1,001 to
+1,375.
+
 Only on the CPU (a GPU's forward does not use the pool), only when the
 pool has more than one thread (OMP_NUM_THREADS=1 already says one), and
 only on the device thread, the one that runs passes. Calibration runs on

@@ -148,3 +148,38 @@ def test_one_slow_batch_does_not_swing_the_choice():
         run_batches(model, 8, slow={slow})
         at32, at128 = choices(model)
         assert near(at32, 32, 1.1) and near(at128, 8, 1.1), (slow, at32, at128)
+
+
+def test_the_quiet_prediction_keeps_the_calibration_while_load_slows_observed_batches():
+    """Small batches observed 3x slower (a busy machine, one thread) move `time`, not `quiet_time`:
+    the pool is chosen by what a batch costs, not by how busy the machine is (tasks/intraop.py)."""
+    from tasks.intraop import SMALL_BATCH_S
+
+    truth = synthetic(a=1e-3, b=4e-6, g=0.0, d=0.0)  # 16 x 32 tokens: 3 ms
+    model = CostModel()
+    model.calibrate([(c, n, truth(c, n)) for c, n in CALIBRATION_SHAPES])
+    quiet = model.quiet_time(16, 32)
+    assert quiet == pytest.approx(truth(16, 32), rel=0.02) and quiet < SMALL_BATCH_S
+    for i in range(64):
+        c, n = 1 + i % 24, 16 + i % 24
+        model.observe(c, n, 3 * truth(c, n))
+    assert model.time(16, 32) > SMALL_BATCH_S  # what the live fit would have sent to the pool
+    assert model.quiet_time(16, 32) == quiet
+
+
+def test_batches_of_a_millisecond_refit_once_they_add_up_to_refit_after_s():
+    """A fit costs about half a millisecond on the device thread: 8 batches of 1 ms do not pay for one."""
+    from tasks.costmodel import REFIT_AFTER_S, REFIT_EVERY
+
+    truth = synthetic(a=8e-4, b=1e-6, g=0.0, d=0.0)
+    model = CostModel()
+    model.calibrate([(c, n, truth(c, n)) for c, n in CALIBRATION_SHAPES])
+    before = model.time(1, 16)
+    slow = 2 * truth(1, 16)  # about 1.7 ms
+    assert REFIT_EVERY * slow < REFIT_AFTER_S
+    for _ in range(REFIT_EVERY):
+        model.observe(1, 16, slow)
+    assert model.time(1, 16) == before  # not refitted yet
+    for _ in range(int(REFIT_AFTER_S / slow) + 1):
+        model.observe(1, 16, slow)
+    assert model.time(1, 16) > 1.2 * before  # refitted towards what the batches take now
