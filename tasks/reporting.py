@@ -61,6 +61,9 @@ class Reporter:
         self.redis = redis.Redis.from_url(settings.result_backend, socket_connect_timeout=2, socket_timeout=10)
         self._start_jobs = self.redis.register_script(lua.source("start_jobs"))
         self._store_results = self.redis.register_script(lua.source("store_results"))
+        # Whether this Redis has the store script, as far as the reporter knows: set
+        # false again on any Redis error (a restarted Redis has lost its scripts).
+        self._store_loaded = False
         self.source = source  # acks and hands back the jobs it delivered (tasks/sources.py)
         # Starts are fenced by their holder's tombstone where it lives in this Redis (common/deliveries.py).
         self.fenced = getattr(source, "kind", "") == "redis" and getattr(source, "acks_with_results", False)
@@ -158,9 +161,12 @@ class Reporter:
     # -- the reporter thread ----------------------------------------------
 
     def _run(self) -> None:
+        # Events go out EVENT_FLUSH_S after the last flush, not after every
+        # store: at one request at a time that was a publish per job.
+        flush_at = time.monotonic() + EVENT_FLUSH_S
         while True:
             try:
-                work = self._finished.get(timeout=EVENT_FLUSH_S)
+                work = self._finished.get(timeout=max(0.0, flush_at - time.monotonic()))
             except queue.Empty:
                 work = ()
             if work is None:
@@ -172,7 +178,9 @@ class Reporter:
             try:
                 if work:
                     self._store(*work)
-                self._publish_events()
+                if time.monotonic() >= flush_at:
+                    self._publish_events()
+                    flush_at = time.monotonic() + EVENT_FLUSH_S
             except Exception:  # noqa: BLE001 - the reporter must survive anything
                 log.exception("reporting failed")
             finally:
@@ -224,8 +232,14 @@ class Reporter:
             stats[model_id].batch(batch_size, passes, forward_s, tokens, padded_tokens)
 
         def write():
+            # EVALSHA, not the Script called on the pipeline: that asks SCRIPT EXISTS
+            # first, a round trip per store. (After a SCRIPT FLUSH, EXEC fails on
+            # NOSCRIPT with the statistics counted; the retry counts them again.)
+            if not self._store_loaded:
+                self._store_results.sha = self.redis.script_load(self._store_results.script)
+                self._store_loaded = True
             with self.redis.pipeline(transaction=True) as pipe:
-                self._store_results(args=args, client=pipe)
+                pipe.evalsha(self._store_results.sha, 0, *args)
                 for stats_model, increments in stats.items():
                     increments.write(pipe, stats_model)
                 return pipe.execute()[0]
@@ -316,6 +330,7 @@ class Reporter:
             try:
                 return fn()
             except _REDIS_ERRORS as exc:
+                self._store_loaded = False
                 if self._stopping.is_set():
                     give_up_at = give_up_at or time.monotonic() + STOP_RETRY_S
                     if time.monotonic() + delay > give_up_at:
