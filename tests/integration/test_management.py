@@ -22,16 +22,29 @@ def loaded_on(api, model_id):
     return {m["model_id"]: m for m in api.get("/models").json()["models"]}[model_id]["loaded_on"]
 
 
+# What glibc may keep of the device thread's freed memory: the top of a
+# thread's arena is given back only past the trim threshold, which glibc
+# raises up to 64 MB as large blocks are freed, and malloc_trim() does not
+# trim the arenas of threads other than the main one. The next load reuses it.
+ARENA_TOP_BYTES = 64 * 2**20
+
+
 def test_load_on_one_worker_serve_then_unload_and_memory_comes_back(api, worker, second):
-    """Load minilm-c on the second worker only, serve it, unload it, twice: RSS comes back near where it started.
+    """Load minilm-c on the second worker only, serve it, unload it, three times: RSS comes back near where it
+    started, and later cycles add nothing.
 
     Its weights are memory-mapped, so RSS holds the pages a forward pass
     touched: the encoder layers and the embedding rows of the tokens seen.
     The first cycle also imports and sets up what every later one reuses
-    (modules, tokenizer and kernel state).
+    (modules, tokenizer and kernel state). On a busy machine the first
+    cycle sometimes leaves ~45 MB more, sometimes not (`make test`,
+    2026-12-07: +58.9 MB after two cycles; the same test on the same code
+    under two busy loops: +7.0 MB once, +55.4 MB once). We put it down to
+    glibc (ARENA_TOP_BYTES): in a process of its own, the same calibration
+    passes on a thread kept +63 or +101 MB after malloc_trim, run to run.
     """
     cycles = []
-    for _ in range(2):
+    for _ in range(3):
         response = api.post("/models/load", json={"model_id": "minilm-c", "model_type": "feature_extraction",
                                                   "workers": [second.name]})
         assert response.status_code == 200, response.text
@@ -52,7 +65,7 @@ def test_load_on_one_worker_serve_then_unload_and_memory_comes_back(api, worker,
               f"RSS +{(memory['rss_after_load'] - memory['rss_before_load']) / 1e6:.1f} MB at load, "
               f"+{took / 1e6:.1f} MB with serving, -{returned / 1e6:.1f} MB at unload")
 
-    first, last = cycles
+    first = cycles[0]
     weights = first["weights_bytes"]
     took = first["rss_before_unload"] - first["rss_before_load"]
     assert weights > 80e6 and took >= 0.4 * weights  # the encoder layers at least were resident
@@ -60,11 +73,13 @@ def test_load_on_one_worker_serve_then_unload_and_memory_comes_back(api, worker,
         grew = memory["rss_before_unload"] - memory["rss_before_load"]
         assert memory["returned_fraction"] == round((memory["rss_before_unload"] - memory["rss_after_unload"])
                                                     / grew, 3)
-    # Two cycles leave the worker near where it started (one cycle's own figures
-    # are noisy: memory that one unload frees late goes back during the next load).
-    left = last["rss_after_unload"] - first["rss_before_load"]
-    print(f"after two cycles: {left / 1e6:+.1f} MB")
-    assert left <= 0.25 * weights
+    # The cycles leave the worker near where it started (one cycle's own figures
+    # are noisy: memory that one unload frees late goes back during the next load) ...
+    left = [memory["rss_after_unload"] - first["rss_before_load"] for memory in cycles]
+    print("left after each cycle: " + ", ".join(f"{b / 1e6:+.1f} MB" for b in left))
+    assert left[0] <= 0.25 * weights + ARENA_TOP_BYTES
+    # ... and repeating them adds nothing: a model kept alive would add its pages every cycle.
+    assert left[-1] - left[0] <= 0.25 * weights and left[-1] <= 0.25 * weights + ARENA_TOP_BYTES
 
 
 def test_request_for_an_unloaded_model_loads_it_on_demand(api, second):
