@@ -35,9 +35,10 @@ from model_store.store import ModelStore
 from tasks.batcher import Batcher
 from tasks.heartbeat import Heartbeat
 from tasks.job import InvalidJob, Job, invalid_job_error, job_from_envelope
+from tasks.kombu_source import KombuSource
 from tasks.model_manager import ModelManager, gpu_memory, rss_bytes
 from tasks.reporting import Reporter
-from tasks.sources import KombuSource, RedisSource, make_source
+from tasks.sources import RedisSource, make_source
 
 # The worker compares what it serves with its placement every this many heartbeats.
 RECONCILE_EVERY = 3
