@@ -36,8 +36,8 @@ def test_load_on_one_worker_serve_then_unload_and_memory_comes_back(api, worker,
     Its weights are memory-mapped, so RSS holds the pages a forward pass
     touched: the encoder layers and the embedding rows of the tokens seen.
     The first cycle also imports and sets up what every later one reuses
-    (modules, tokenizer and kernel state). On a busy machine the first
-    cycle sometimes leaves ~45 MB more, sometimes not (`make test`,
+    (modules, tokenizer and kernel state). On a busy machine a cycle
+    sometimes leaves ~45 MB more, sometimes not (`make test`,
     2026-12-07: +58.9 MB after two cycles; the same test on the same code
     under two busy loops: +7.0 MB once, +55.4 MB once). We put it down to
     glibc (ARENA_TOP_BYTES): in a process of its own, the same calibration
@@ -71,15 +71,18 @@ def test_load_on_one_worker_serve_then_unload_and_memory_comes_back(api, worker,
     assert weights > 80e6 and took >= 0.4 * weights  # the encoder layers at least were resident
     for memory in cycles:  # what GET /workers reports: the share of what load and serving took
         grew = memory["rss_before_unload"] - memory["rss_before_load"]
-        assert memory["returned_fraction"] == round((memory["rss_before_unload"] - memory["rss_after_unload"])
-                                                    / grew, 3)
+        if grew > 0:
+            assert memory["returned_fraction"] == round((memory["rss_before_unload"] - memory["rss_after_unload"])
+                                                        / grew, 3)
+        else:  # the load reused what an earlier unload left in malloc's free memory: no share to give
+            assert "returned_fraction" not in memory
     # The cycles leave the worker near where it started (one cycle's own figures
     # are noisy: memory that one unload frees late goes back during the next load) ...
     left = [memory["rss_after_unload"] - first["rss_before_load"] for memory in cycles]
     print("left after each cycle: " + ", ".join(f"{b / 1e6:+.1f} MB" for b in left))
-    assert left[0] <= 0.25 * weights + ARENA_TOP_BYTES
-    # ... and repeating them adds nothing: a model kept alive would add its pages every cycle.
-    assert left[-1] - left[0] <= 0.25 * weights and left[-1] <= 0.25 * weights + ARENA_TOP_BYTES
+    # ... and repeating them adds nothing: what glibc keeps is reused by the next load (in
+    # any cycle, not only the first), while a model kept alive would add its pages every cycle.
+    assert max(left) <= 0.25 * weights + ARENA_TOP_BYTES
 
 
 def test_request_for_an_unloaded_model_loads_it_on_demand(api, second):
