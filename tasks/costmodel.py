@@ -43,9 +43,17 @@ CUTOFF = 4.685
 ROBUST_ROUNDS = 8
 
 
-def features(items: int, length: int) -> np.ndarray:
+def features(items: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """The fit's design matrix: a row (1, N, N*L, N**2) per batch, N = items*length padded tokens."""
     tokens = items * length
-    return np.array([1.0, tokens, tokens * length, tokens * tokens], dtype=float)
+    return np.column_stack([np.ones_like(tokens), tokens, tokens * length, tokens * tokens])
+
+
+def seconds(coef: tuple[float, float, float, float], items: int, length: int) -> float:
+    """t(c, L) for coefficients (a, b, g, d), in plain floats: the planner asks it often."""
+    a, b, g, d = coef
+    tokens = items * length
+    return a + tokens * (b + g * length + d * tokens)
 
 
 class CostModel:
@@ -53,7 +61,7 @@ class CostModel:
 
     def __init__(self, coef=(1e-3, 1e-6, 0.0, 0.0)):
         self._set(coef)
-        self._quiet = self._a, self._b, self._g, self._d  # the fit of the calibration alone (see quiet_time)
+        self._quiet = self._live  # the fit of the calibration alone (see quiet_time)
         self._calibration: list[tuple[int, int, float]] = []
         self._observed: deque = deque(maxlen=HISTORY)
         self._new = 0
@@ -62,12 +70,11 @@ class CostModel:
 
     def _set(self, coef) -> None:
         self.coef = np.asarray(coef, dtype=float)
-        self._a, self._b, self._g, self._d = (float(v) for v in self.coef)
+        self._live = tuple(float(v) for v in self.coef)
 
     def time(self, items: int, length: int) -> float:
         """Predicted seconds for a batch of `items` padded to `length` tokens."""
-        tokens = items * length
-        return self._a + tokens * (self._b + self._g * length + self._d * tokens)
+        return seconds(self._live, items, length)
 
     def quiet_time(self, items: int, length: int) -> float:
         """Predicted seconds from the calibration alone: the batch's work as timed at load.
@@ -77,9 +84,7 @@ class CostModel:
         costs the whole pool on a machine left to it, which is what
         deciding whether to split a batch over the pool needs (tasks/intraop.py).
         """
-        a, b, g, d = self._quiet
-        tokens = items * length
-        return a + tokens * (b + g * length + d * tokens)
+        return seconds(self._quiet, items, length)
 
     def fit(self, samples) -> None:
         """Robust least squares on relative error, every term kept non-negative.
@@ -93,8 +98,7 @@ class CostModel:
         if len(samples) < 4:
             return
         items, length, y = np.array(samples, dtype=float).T
-        tokens = items * length
-        x = np.column_stack([np.ones_like(tokens), tokens, tokens * length, tokens * tokens])  # features()
+        x = features(items, length)
         scale = 1.0 / np.maximum(y, 1e-6)  # relative error: small batches matter as much
         weight = np.ones(len(y))
         coef = _nonnegative_lstsq(x * scale[:, None], y * scale)
@@ -116,7 +120,7 @@ class CostModel:
         """Start from timings made at load: (items, length, seconds)."""
         self._calibration = list(samples)
         self.fit(self._calibration)
-        self._quiet = self._a, self._b, self._g, self._d
+        self._quiet = self._live
 
     def observe(self, items: int, length: int, seconds: float) -> None:
         """Learn from a batch the worker ran; refit now and then."""
