@@ -111,6 +111,11 @@ def poll(fetch, condition, timeout: float = 15.0, step: float = 0.1):
         time.sleep(step)
 
 
+def command_calls(client, command: str) -> int:
+    """How many times this Redis ran `command` (INFO commandstats; subcommands as "script|exists")."""
+    return client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
+
+
 def wait_until(predicate, timeout: float, step: float = 0.05) -> float:
     """The monotonic time at which `predicate()` first held; AssertionError after `timeout`."""
     deadline = time.monotonic() + timeout

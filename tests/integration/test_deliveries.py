@@ -19,7 +19,7 @@ from common import envelope, lua, protocol
 from common.deliveries import BEATS_KEY, TOMBSTONE_PREFIX, Deliveries, Reaper, new_holder
 from common.envelope import lists_of
 from tasks.sources import RedisSource
-from tests.helpers import wait_until
+from tests.helpers import command_calls, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -206,11 +206,6 @@ def test_a_fetch_whose_answer_is_lost_gives_its_jobs_back_and_none_sticks(client
         source.stop()
 
 
-def fetches(client) -> int:
-    """Scripts run so far on this server (the fetcher's only scripted call here is its fetch)."""
-    return client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
-
-
 def test_an_idle_fetcher_fetches_once_per_message_and_on_room_only_when_room_held_it_back(client, redis_url, queue,
                                                                                           monkeypatch):
     """One request at a time: each message costs one fetch, and a finished job's freed slot none (the
@@ -226,7 +221,7 @@ def test_an_idle_fetcher_fetches_once_per_message_and_on_room_only_when_room_hel
     source.serve(queue.removeprefix("infer."))
     try:
         wait_until(lambda: queue in source._armed, timeout=5)  # waiting on its watcher
-        before = fetches(client)
+        before = command_calls(client, "evalsha")  # the fetcher's only scripted call here is its fetch
         for n in range(1, 6):
             push(client, queue, 1, start=n)
             wait_until(lambda n=n: len(delivered) == n, timeout=5)
@@ -234,7 +229,7 @@ def test_an_idle_fetcher_fetches_once_per_message_and_on_room_only_when_room_hel
             for _ in range(3):  # the reporter and the batcher, as the job finishes
                 source.wake()
             time.sleep(0.05)
-        assert fetches(client) - before == 5 and client.llen(queue) == 0
+        assert command_calls(client, "evalsha") - before == 5 and client.llen(queue) == 0
 
         room["free"] = 0  # the batcher is full: the next message waits in its queue
         source.wake()

@@ -13,7 +13,7 @@ from common import protocol
 from common.settings import Settings
 from tasks.job import Job
 from tasks.reporting import Reporter
-from tests.helpers import wait_until
+from tests.helpers import command_calls, wait_until
 
 
 @pytest.fixture
@@ -30,10 +30,6 @@ def finished(n: int) -> Job:
     return job
 
 
-def calls(client, command: str) -> int:
-    return client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
-
-
 def test_results_are_stored_without_asking_whether_the_script_exists_and_after_a_script_flush(reporter,
                                                                                                private_redis_url):
     client = redis.Redis.from_url(private_redis_url)
@@ -44,8 +40,8 @@ def test_results_are_stored_without_asking_whether_the_script_exists_and_after_a
     for job in jobs[1:3]:
         reporter.finish("m", [job])
     wait_until(lambda: all(client.exists(protocol.result_key(j.id)) for j in jobs[1:3]), timeout=10)
-    assert calls(client, "script|exists") == 0 and calls(client, "script|load") == 0
-    assert calls(client, "evalsha") == 2  # one script per batch, nothing else scripted
+    assert command_calls(client, "script|exists") == 0 and command_calls(client, "script|load") == 0
+    assert command_calls(client, "evalsha") == 2  # one script per batch, nothing else scripted
 
     client.script_flush()  # as a restarted Redis: the script is gone
     for job in jobs[3:]:
