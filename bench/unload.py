@@ -89,8 +89,9 @@ def _cycle_in_process(model_dir: Path, cycles: int) -> list[dict]:
     """Warm on WARM_MODEL, then load minilm, run 64 texts in batches of 1, 8, 32 and 23, unload; `cycles` times."""
     from model_store.loaded_models import LoadedModels
     from model_store.store import ModelStore
-    from tasks.model_manager import release_memory, rss_bytes
+    from tasks.model_manager import free_mkl_buffers, one_malloc_arena, release_memory, rss_bytes
 
+    one_malloc_arena()  # as the worker does at its start
     models = LoadedModels(ModelStore(model_dir), "cpu")
     texts = sentences()[:64]
     warm = models.load(WARM_MODEL, "feature-extraction").runner
@@ -112,6 +113,7 @@ def _cycle_in_process(model_dir: Path, cycles: int) -> list[dict]:
         loaded = rss_bytes()
         del runner
         models.unload("minilm")
+        free_mkl_buffers()
         release_memory("cpu")
         after = rss_bytes()
         out.append({"cycle": cycle, "added_mb": (loaded - before) / 1e6, "returned_mb": (loaded - after) / 1e6,

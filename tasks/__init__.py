@@ -45,6 +45,18 @@ def _refuse_bad_credentials(**_):
         raise SystemExit(2) from None
 
 
+@signals.celeryd_init.connect
+def _one_malloc_arena(**_):
+    """One glibc malloc arena, so that an unload gives back what a model's load took (tasks/model_manager.py).
+
+    celeryd_init comes before the worker starts its threads. The import is
+    cheap: tasks.model_manager imports no torch.
+    """
+    from tasks.model_manager import one_malloc_arena
+
+    one_malloc_arena()
+
+
 @signals.after_setup_logger.connect
 @signals.after_setup_task_logger.connect
 def _log_in_log_format(logger, **_):

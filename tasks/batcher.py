@@ -85,6 +85,10 @@ class Batcher(LaneChanges):
         """
         return self._on_device(lambda: self._replace(model), timeout)
 
+    def between_batches(self, action, timeout: float = 300.0):
+        """Run `action` on the device thread between two batches (no model runs meanwhile); return its result."""
+        return self._on_device(action, timeout)
+
     def last_used(self) -> dict[str, float]:
         """When each model last ran a batch (for least-recently-used eviction)."""
         return {model_id: lane.last_used for model_id, lane in list(self._lanes.items())}

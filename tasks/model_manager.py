@@ -15,7 +15,9 @@ import ctypes
 import gc
 import json
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 
@@ -54,6 +56,54 @@ def gpu_memory(device: str) -> dict | None:
     free, total = torch.cuda.mem_get_info(device)  # the whole card's, every process included
     return {"allocated": int(torch.cuda.memory_allocated(device)), "reserved": int(torch.cuda.memory_reserved(device)),
             "free": int(free), "total": int(total)}
+
+
+M_ARENA_MAX = -8  # glibc's mallopt() parameter: how many malloc arenas the process may have
+
+
+def one_malloc_arena() -> bool:
+    """Have every thread of this process allocate from glibc's main arena; True if set here.
+
+    glibc gives threads that allocate at once arenas of their own (up to 8
+    per core). malloc_trim() gives back the free pages inside every arena
+    but shrinks only the main arena's top: another arena keeps the free
+    space at its top until it passes the trim threshold, which glibc raises
+    up to 64 MB as large blocks are freed. A model's calibration on the
+    device thread left 25-55 MB there after its unload (bench/unload.py:
+    the first cycle returned 53-66 % of what the load took, against 87 %
+    with one arena). Threads then share the arena's lock: minilm at 64
+    clients served as fast or faster (/tmp A/B, alternated, two runs each).
+    Must run before the worker starts its threads (an arena, once made,
+    stays). MALLOC_ARENA_MAX in the environment wins: it is left alone.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 1))
+    except (OSError, AttributeError):
+        return False  # not glibc
+
+
+def free_mkl_buffers() -> bool:
+    """Give back the scratch buffers MKL keeps for its matrix products; True if there were MKL and torch.
+
+    torch's CPU builds for x86 link Intel MKL in, whose memory manager keeps
+    a product's buffers for the next one: ~10 MB after minilm's first passes
+    (/tmp: a random minilm-shaped BertModel run and dropped kept +9.7 MB
+    after malloc_trim, +0.4 MB with this call), which its unload did not
+    give back. MKL allocates them again at the next product. MKL's own call
+    is not safe while another thread is in MKL: call this on the device
+    thread, between batches (Batcher.between_batches).
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    try:
+        library = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        library.mkl_serv_free_buffers()  # mkl_free_buffers, by the name MKL exports in torch's library
+    except (OSError, AttributeError):
+        return False  # no MKL in this build (ARM, macOS): nothing kept this way
+    return True
 
 
 def release_memory(device: str) -> None:
@@ -280,6 +330,7 @@ class ModelManager:
         before = rss_bytes()
         old = serving.models.unload(model_id)
         del old
+        serving.batcher.between_batches(free_mkl_buffers)
         release_memory(serving.device)
         after = rss_bytes()
         record = self.memory.setdefault(model_id, {})
