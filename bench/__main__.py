@@ -37,6 +37,7 @@ from bench.framework import measure_framework
 from bench.framework import report as framework_report
 from bench.harness import OUT, Progress, cpu_seconds, run_wrk, tree
 from bench.load import sentences
+from bench.replay import batches_in_log
 from bench.scaling import section_of
 from bench.unload import in_process_cycles, measure_unload
 from bench.unload import report as unload_report
@@ -66,8 +67,12 @@ def measure_config(name: str, settings: dict, redis_server, model_dir: Path, bod
                      "redis": [psutil.Process(redis_server.process.pid)]}
             cpu0 = {k: cpu_seconds(v) for k, v in procs.items()}
             passes0, items0, forward0 = batch_counters(client, "minilm")
+            logged = worker.log_path.stat().st_size
             summary, wrk_cpu = run_wrk(webapp.url, bodies, clients, seconds, 5000 * (i + 1))
             passes1, items1, forward1 = batch_counters(client, "minilm")
+            with open(worker.log_path, encoding="utf-8", errors="replace") as log:
+                log.seek(logged)
+                batches = batches_in_log(log.read(), "minilm")
             cpu1 = {k: cpu_seconds(v) for k, v in procs.items()}
             requests = summary["requests"]
             duration = summary["duration_us"] / 1e6
@@ -83,6 +88,7 @@ def measure_config(name: str, settings: dict, redis_server, model_dir: Path, bod
                 "forward_items_per_s": (items1 - items0) / (forward1 - forward0) if forward1 > forward0 else 0.0,
                 "cpu_ms_per_request": {k: 1000 * (cpu1[k] - cpu0[k]) / max(requests, 1) for k in procs},
                 "cores_used": {k: (cpu1[k] - cpu0[k]) / duration for k in procs},
+                "batches": batches,  # (items, longest tokens) of each forward pass, from the worker's log
             }
             row["cpu_ms_per_request"]["wrk"] = 1000 * wrk_cpu / max(requests, 1)
             rows.append(row)
@@ -94,6 +100,15 @@ def measure_config(name: str, settings: dict, redis_server, model_dir: Path, bod
         webapp.stop()
         worker.stop()
     return rows
+
+
+def replay(model_path: Path, batches: list[tuple[int, int]]) -> dict:
+    """bench/replay.py on these batches, in a process of its own."""
+    batches_json, out_json = OUT / "replay-batches.json", OUT / "replay.json"
+    batches_json.write_text(json.dumps(batches))
+    subprocess.run([PYTHON, "-m", "bench.replay", str(model_path), str(batches_json), str(out_json)],
+                   cwd=ROOT, check=True)
+    return json.loads(out_json.read_text())
 
 
 def plot(rows: list[dict], ceiling: dict, path: Path) -> None:
@@ -226,6 +241,32 @@ def analysis(row: dict, ceiling: dict) -> list[str]:
         f"{ceiling['ceiling_texts_per_s']:.1f} texts/s in a quiet process: on {cores} cores the model's threads "
         f"share the CPU with the webapp, Redis and the load generator.",
         "",
+        *replay_lines(row, ceiling),
+    ]
+
+
+def replay_lines(row: dict, ceiling: dict) -> list[str]:
+    """The distance to the ceiling, split: the batches that the load allowed, and the cores shared."""
+    if not row.get("replay") or not row.get("batches"):
+        return []
+    top = ceiling["ceiling_texts_per_s"]
+    quiet = row["replay"]["items_per_s"]
+    batches = row["batches"]
+    items = sum(n for n, _ in batches)
+    mean_longest = sum(n * longest for n, longest in batches) / items
+    return [
+        f"The same forward passes run again in a quiet process (bench/replay.py: the {len(batches)} batches the "
+        f"worker logged at {row['clients']} clients, {items / len(batches):.1f} items and {mean_longest:.0f} "
+        f"tokens long on average, as tensors of their shapes): **{quiet:.1f} items/s**, {quiet / top:.2f}× the "
+        f"ceiling. So the distance to the ceiling has two parts:",
+        "",
+        f"- the batches themselves: {quiet:.1f} against {top:.1f} items/s ({quiet / top:.2f}×). The ceiling "
+        f"sorts {ceiling['texts']} texts by length before cutting batches of {ceiling['ceiling_batch']}; the "
+        f"worker plans from the requests in flight, at most {row['clients']}, so its batches are smaller or "
+        "more padded, and a batch holds the oldest request (tasks/planning.py): none waits for better company;",
+        f"- the cores shared: the service's passes ran at {row['forward_items_per_s']:.1f} items/s, "
+        f"{row['forward_items_per_s'] / quiet:.2f}× the same passes in a quiet process.",
+        "",
     ]
 
 
@@ -275,6 +316,10 @@ def main(argv=None) -> int:
             for name, settings in configs:
                 rows += measure_config(name, settings, server, model_dir, bodies, levels, args.duration,
                                        progress, work)
+            top = max((r for r in rows if r["config"] == "on"), key=lambda r: r["clients"])
+            top["replay"] = replay(model_dir / "minilm", top["batches"])
+            progress(f"the {len(top['batches'])} batches of {top['clients']} clients replayed in a quiet process: "
+                     f"{top['replay']['items_per_s']:.1f} items/s")
             if not args.skip_cache:
                 cache = measure_cache(server.url, model_dir, texts, work, run_wrk, args.duration, progress)
             if not args.skip_framework:  # twice, for the noise; the profiles during the second
