@@ -33,7 +33,7 @@ import redis
 
 from bench.cache import measure_cache
 from bench.cache import report as cache_report
-from bench.framework import measure_framework
+from bench.framework import latency_phases, measure_framework
 from bench.framework import report as framework_report
 from bench.harness import OUT, Progress, cpu_seconds, run_wrk, tree
 from bench.load import sentences
@@ -54,7 +54,8 @@ def batch_counters(client: redis.Redis, model_id: str) -> tuple[float, float, fl
 
 
 def measure_config(name: str, settings: dict, redis_server, model_dir: Path, bodies: Path, levels, seconds,
-                   progress, log_dir: Path) -> list[dict]:
+                   progress, log_dir: Path, phase_texts: list[str] = ()) -> list[dict]:
+    """The config's rows, one per level; with `phase_texts`, the 1-client row gets one client's phases too."""
     env = service_env(redis_server.url, model_dir, preload_models="minilm", **settings)
     worker = Worker(f"bench-{name}", env, log_dir).wait_ready()
     webapp = Webapp(env, log_dir).wait_ready()
@@ -96,6 +97,10 @@ def measure_config(name: str, settings: dict, redis_server, model_dir: Path, bod
                      f"p99 {row['p99_ms']:7.1f} ms, mean batch {row['mean_batch']:4.1f}, model busy "
                      f"{100 * row['device_busy']:3.0f}% at {row['forward_items_per_s']:5.1f} items/s, "
                      f"errors {row['errors']}")
+        alone = [r for r in rows if r["clients"] == 1]
+        if phase_texts and alone:
+            alone[0]["phases"] = latency_phases(webapp.url, redis_server.url, list(phase_texts), len(phase_texts),
+                                                "minilm")
     finally:
         webapp.stop()
         worker.stop()
@@ -211,8 +216,29 @@ def report(rows: list[dict], ceiling: dict, args, started: str) -> str:
             f"| {r['forward_items_per_s']:.1f} | {r['errors']} "
             f"| {cpu['worker']:.1f} · {cpu['webapp']:.2f} · {cpu['redis']:.2f} · {cpu['wrk']:.2f} |")
     lines += ["", "![throughput and latency](bench.png)", ""]
+    lines += phase_lines(on.get(1), ceiling)
     lines += analysis(on[most], ceiling)
     return "\n".join(lines)
+
+
+def phase_lines(row: dict | None, ceiling: dict) -> list[str]:
+    """Where one client's request goes, against the 1-client target's budget (see framework.latency_phases)."""
+    if not row or "phases" not in row:
+        return []
+    p = row["phases"]
+    added = p["accept"] + p["queue"] + (p["run"] - p["forward_mean"]) + p["answer"]
+    return [
+        f"One client's request by phase (medians of 250 sequential requests of another set of sentences, "
+        f"from the clocks on each job's record, ms): accept {p['accept']:.2f} · queue {p['queue']:.2f} · "
+        f"run {p['run']:.2f}, of which the model call {p['forward_mean']:.2f} (mean) · answer {p['answer']:.2f} "
+        f"= {p['total']:.2f}. The service adds about {added:.1f} ms to the model call (the target allows 5 over "
+        f"the in-process single forward); the rest of a request's time is the model call itself, "
+        f"{p['forward_mean']:.1f} ms in the worker against {ceiling['single_p50_ms']:.1f} ms (p50, tokenizing and "
+        "pooling included) in a quiet process"
+        + (": its two threads share the cores with the webapp, Redis and the client."
+           if p["forward_mean"] > ceiling["single_p50_ms"] else "."),
+        "",
+    ]
 
 
 def analysis(row: dict, ceiling: dict) -> list[str]:
@@ -262,8 +288,10 @@ def replay_lines(row: dict, ceiling: dict) -> list[str]:
         "",
         f"- the batches themselves: {quiet:.1f} against {top:.1f} items/s ({quiet / top:.2f}×). The ceiling "
         f"sorts {ceiling['texts']} texts by length before cutting batches of {ceiling['ceiling_batch']}; the "
-        f"worker plans from the requests in flight, at most {row['clients']}, so its batches are smaller or "
-        "more padded, and a batch holds the oldest request (tasks/planning.py): none waits for better company;",
+        f"worker plans from the requests in flight, at most {row['clients']}, and a batch holds the oldest "
+        "request (tasks/planning.py): none waits for better company. "
+        + ("Here that cost nothing measurable;" if quiet >= 0.97 * top else
+           "So its batches are smaller or more padded;"),
         f"- the cores shared: the service's passes ran at {row['forward_items_per_s']:.1f} items/s, "
         f"{row['forward_items_per_s'] / quiet:.2f}× the same passes in a quiet process.",
         "",
@@ -287,7 +315,7 @@ def main(argv=None) -> int:
         return 2
     levels = [int(x) for x in args.levels.split(",")]
     configs = [("on", {})] + ([] if args.skip_off else [("off", {"max_batch_size": 1})])
-    progress = Progress(3 + len(configs) * len(levels) + (0 if args.skip_cache else 3)
+    progress = Progress(4 + len(configs) * len(levels) + (0 if args.skip_cache else 3)
                         + (0 if args.skip_framework else 2 * 7 + 1) + (0 if args.skip_unload else 3))
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -315,7 +343,7 @@ def main(argv=None) -> int:
         with EmbeddedRedis() as server:
             for name, settings in configs:
                 rows += measure_config(name, settings, server, model_dir, bodies, levels, args.duration,
-                                       progress, work)
+                                       progress, work, texts[-250:] if name == "on" else ())
             top = max((r for r in rows if r["config"] == "on"), key=lambda r: r["clients"])
             top["replay"] = replay(model_dir / "minilm", top["batches"])
             progress(f"the {len(top['batches'])} batches of {top['clients']} clients replayed in a quiet process: "

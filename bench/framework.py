@@ -61,7 +61,7 @@ def write_bodies(texts: list[str], path: Path) -> Path:
     return path
 
 
-def latency_phases(url: str, redis_url: str, texts: list[str], count: int = 300) -> dict:
+def latency_phases(url: str, redis_url: str, texts: list[str], count: int = 300, model: str = MODEL) -> dict:
     """Where one client's request spends its time, from the job records' clocks (medians, ms).
 
     accept: from sending the request to the job's record (parse, validate,
@@ -83,11 +83,11 @@ def latency_phases(url: str, redis_url: str, texts: list[str], count: int = 300)
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port)
     client = redis.Redis.from_url(redis_url)
-    stats_key = protocol.batch_stats_key(MODEL)
+    stats_key = protocol.batch_stats_key(model)
     before = client.hgetall(stats_key)
     timed = []
     for text in texts[:count]:
-        body = json.dumps({"model_id": MODEL, "inputs": text, "options": {"use_cache": False}})
+        body = json.dumps({"model_id": model, "inputs": text, "options": {"use_cache": False}})
         sent = time.time()
         conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
         answer = json.loads(conn.getresponse().read())
