@@ -54,7 +54,7 @@ def batch_counters(client: redis.Redis, model_id: str) -> tuple[float, float, fl
 
 
 def measure_config(name: str, settings: dict, redis_server, model_dir: Path, bodies: Path, levels, seconds,
-                   progress, log_dir: Path, phase_texts: list[str] = ()) -> list[dict]:
+                   progress, log_dir: Path, phase_texts: tuple[str, ...] | list[str] = ()) -> list[dict]:
     """The config's rows, one per level; with `phase_texts`, the 1-client row gets one client's phases too."""
     env = service_env(redis_server.url, model_dir, preload_models="minilm", **settings)
     worker = Worker(f"bench-{name}", env, log_dir).wait_ready()
@@ -280,10 +280,9 @@ def replay_lines(row: dict, ceiling: dict) -> list[str]:
     batches = row["batches"]
     items = sum(n for n, _ in batches)
     mean_longest = sum(n * longest for n, longest in batches) / items
-    quiet_part = (
-        f"The ceiling sorts {ceiling['texts']} texts by length before cutting batches of "
-        f"{ceiling['ceiling_batch']}; the worker plans from the requests in flight, at most {row['clients']}, and a "
-        "batch holds the oldest request (tasks/planning.py): none waits for better company.")
+    how = (f"the ceiling sorts {ceiling['texts']} texts by length before cutting batches of "
+           f"{ceiling['ceiling_batch']} and the worker plans from the requests in flight (at most {row['clients']}), "
+           "a batch always holding the oldest request (tasks/planning.py)")
     shared = (f"the cores shared: the service's passes ran at {row['forward_items_per_s']:.1f} items/s, "
               f"{row['forward_items_per_s'] / quiet:.2f}× the same passes in a quiet process.")
     lines = [
@@ -295,18 +294,15 @@ def replay_lines(row: dict, ceiling: dict) -> list[str]:
     ]
     if quiet >= 0.97 * top:
         return lines + [
-            "So the batches themselves cost nothing measurable, though the ceiling sorts "
-            f"{ceiling['texts']} texts by length before cutting batches of {ceiling['ceiling_batch']} and the "
-            f"worker plans from the requests in flight (at most {row['clients']}), a batch always holding the "
-            "oldest request (tasks/planning.py). (Both figures come from quiet processes minutes apart; on this "
-            f"VM they differ by its noise.) What remains is {shared}",
+            f"So the batches themselves cost nothing measurable, though {how}. (Both figures come from quiet "
+            f"processes minutes apart; on this VM they differ by its noise.) What remains is {shared}",
             "",
         ]
     return lines + [
         "So the distance to the ceiling has two parts:",
         "",
-        f"- the batches themselves: {quiet:.1f} against {top:.1f} items/s ({quiet / top:.2f}×). {quiet_part} "
-        "So its batches are smaller or more padded;",
+        f"- the batches themselves: {quiet:.1f} against {top:.1f} items/s ({quiet / top:.2f}×): {how}, so its "
+        "batches are smaller or more padded;",
         f"- {shared}",
         "",
     ]
