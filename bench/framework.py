@@ -65,11 +65,15 @@ def latency_phases(url: str, redis_url: str, texts: list[str], count: int = 300,
     """Where one client's request spends its time, from the job records' clocks (medians, ms).
 
     accept: from sending the request to the job's record (parse, validate,
-    cache lookup); queue: record to the start of its batch (the broker, the
-    worker's fetch, the start script); run: start to the result stored
-    (tokenize, forward, pool, encode, store), of which forward is the
-    worker's own timing of the model call; answer: stored to the answer in
-    the client's hands (notification, the waiting thread, the response).
+    cache lookup); queue: record to the start of its batch, split by the
+    worker's own clock (the answer's timings) into *broker* (the publish's
+    round trip, the worker's wake-up and fetch) and *worker* (the message
+    read, its text tokenized, the device thread's turn); run: start to the
+    result stored (the start script, forward, pool, encode), of which
+    forward is the worker's own timing of the model call (`forward` the
+    job's, `forward_mean` per batch from the batch statistics); answer:
+    stored to the answer in the client's hands (the store script, the
+    notification, the waiting thread, the response).
     """
     import http.client
     import statistics
@@ -91,14 +95,17 @@ def latency_phases(url: str, redis_url: str, texts: list[str], count: int = 300,
         sent = time.time()
         conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
         answer = json.loads(conn.getresponse().read())
-        timed.append((sent, time.time(), answer["job_id"]))
+        timed.append((sent, time.time(), answer["job_id"], answer["timings"]))
     after = client.hgetall(stats_key)
     conn.close()
-    phases = {"accept": [], "queue": [], "run": [], "answer": [], "total": []}
-    for sent, received, job_id in timed:
+    phases = {name: [] for name in ("accept", "queue", "broker", "worker", "run", "forward", "answer", "total")}
+    for sent, received, job_id, timings in timed:
         record = client.hgetall(protocol.job_key(job_id))
         created, started, finished = (float(record[k]) for k in (b"created_at", b"started_at", b"finished_at"))
-        for name, value in (("accept", created - sent), ("queue", started - created), ("run", finished - started),
+        in_worker = timings["worker_queue_ms"] / 1000  # the worker's clock: its message received to started
+        for name, value in (("accept", created - sent), ("queue", started - created),
+                            ("broker", started - created - in_worker), ("worker", in_worker),
+                            ("run", finished - started), ("forward", timings["inference_ms"] / 1000),
                             ("answer", received - finished), ("total", received - sent)):
             phases[name].append(value)
     medians = {name: 1000 * statistics.median(values) for name, values in phases.items()}
@@ -211,6 +218,26 @@ def record_profiles(webapp: Webapp, worker: Worker, bodies: Path, seconds: float
     return out
 
 
+def path_cost(table: dict, result: dict) -> str:
+    """One client's request beyond the model call and the HTTP floor, by step (the first run)."""
+    p = result["phases"]
+    floor = table[("floor", 1)]["p50_ms"]
+    beyond = p["total"] - p["forward"] - floor
+    return (
+        f"In run 1 a lone request took {p['total']:.2f} ms: the model call {p['forward']:.2f} ms, what the HTTP "
+        f"floor spends on a whole request {floor:.2f} ms (p50), and {beyond:.2f} ms of path between them, "
+        "against the 2 ms target's "
+        f"{max(0.0, 2 - p['forward'] - floor):.2f}. That path crosses Redis four times, each crossing one "
+        "round trip: the job's record and message (one pipeline), the fetch (the message moves to the worker's "
+        "deliveries, so a dead worker's jobs go back: SPEC §10), the start (the job is marked running only as "
+        "its batch starts, so until then it can be cancelled and a dead holder's start is fenced), and the "
+        "store (result, record, ack and the reply's publish in one script); and it crosses threads four "
+        "times: the watcher to the fetcher, the fetcher to the device thread, the device thread to the "
+        "reporter, the listener to the request's thread. The queue floor, one crossing each way and no hand-off "
+        f"between threads in its worker, answered in {table[(QUEUE_FLOOR, 1)]['p50_ms']:.2f} ms."
+    )
+
+
 def report(runs: list[dict]) -> list[str]:
     """The targets per run (two runs show the noise), the rows, the profiles."""
     lines = [
@@ -277,17 +304,21 @@ def report(runs: list[dict]) -> list[str]:
     lines += [
         "",
         "Where one client's request goes (medians of 300 sequential requests, ms, from the clocks on each job's "
-        "record: *accept* = the webapp up to the job's record, *queue* = record to the start of its batch, "
-        "*run* = start to result stored, of which *forward* is the worker's timing of the model call (mean), "
-        "*answer* = result stored to the answer received):",
+        "record and the worker's timings in each answer: *accept* = the webapp up to the job's record; *queue* = "
+        "record to the start of its batch, that is *broker* (the publish's round trip, the worker woken and its "
+        "fetch script) and *worker* (the message read, its text tokenized, the device thread's turn); *run* = "
+        "start to result stored (the start script's round trip first), of which *forward* is the worker's "
+        "timing of the job's model call; *answer* = result stored to the answer received (the store script's "
+        "publish, the waiting thread woken, the response):",
         "",
-        "| run | accept | queue | run | of which forward | answer | total |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | accept | queue: broker · worker | run | of which forward | answer | total |",
+        "|---:|---:|---|---:|---:|---:|---:|",
     ]
     for i, result in enumerate(runs):
         p = result["phases"]
-        lines.append(f"| {i + 1} | {p['accept']:.2f} | {p['queue']:.2f} | {p['run']:.2f} | {p['forward_mean']:.2f} "
-                     f"| {p['answer']:.2f} | {p['total']:.2f} |")
+        lines.append(f"| {i + 1} | {p['accept']:.2f} | {p['queue']:.2f}: {p['broker']:.2f} · {p['worker']:.2f} "
+                     f"| {p['run']:.2f} | {p['forward']:.2f} | {p['answer']:.2f} | {p['total']:.2f} |")
+    lines += ["", path_cost(tables[0], runs[0])]
     profiles = [result["profiles"] for result in runs if result.get("profiles")]
     if profiles:
         lines += ["", "Flame graphs under the 64-client load (py-spy, all threads, idle ones included): "
