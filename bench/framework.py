@@ -96,8 +96,10 @@ def latency_phases(url: str, redis_url: str, texts: list[str], count: int = 300,
         body = json.dumps({"model_id": model, "inputs": text, "options": {"use_cache": False}})
         sent = time.time()
         conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
-        answer = json.loads(conn.getresponse().read())
-        timed.append((sent, time.time(), answer["job_id"], answer["timings"]))
+        raw = conn.getresponse().read()
+        received = time.time()  # before this client's own parse
+        answer = json.loads(raw)
+        timed.append((sent, received, answer["job_id"], answer["timings"]))
     after = client.hgetall(stats_key)
     conn.close()
     phases = {name: [] for name in ("accept", "queue", "broker", "worker", "run", "forward", "answer", "total")}
