@@ -71,11 +71,12 @@ def latency_phases(url: str, redis_url: str, texts: list[str], count: int = 300,
     worker's own clock (the answer's timings) into *broker* (the publish's
     round trip, the worker's wake-up and fetch) and *worker* (the message
     read, its text tokenized, the device thread's turn); run: start to the
-    result stored (the start script, forward, pool, encode), of which
-    forward is the worker's own timing of the model call (`forward` the
-    job's, `forward_mean` per batch from the batch statistics); answer:
-    stored to the answer in the client's hands (the store script, the
-    notification, the waiting thread, the response).
+    outputs handed to the reporter (the start script, forward, pool), of
+    which forward is the worker's own timing of the model call (`forward`
+    the job's, `forward_mean` per batch from the batch statistics);
+    answer: from there to the answer's bytes in the client's hands (the
+    result encoded, the store script whose publish wakes the webapp's
+    listener, the waiting thread, the response).
     """
     import http.client
     import statistics
@@ -317,9 +318,10 @@ def report(runs: list[dict]) -> list[str]:
         "record and the worker's timings in each answer: *accept* = the webapp up to the job's record; *queue* = "
         "record to the start of its batch, that is *broker* (the publish's round trip, the worker woken and its "
         "fetch script) and *worker* (the message read, its text tokenized, the device thread's turn); *run* = "
-        "start to result stored (the start script's round trip first), of which *forward* is the worker's "
-        "timing of the job's model call; *answer* = result stored to the answer received (the store script's "
-        "publish, the waiting thread woken, the response):",
+        "start to the outputs handed to the reporter (the start script's round trip first), of which *forward* "
+        "is the worker's timing of the job's model call; *answer* = from there to the answer's bytes received "
+        "(the result encoded, the store script whose publish wakes the webapp, the waiting thread, the "
+        "response):",
         "",
         "| run | accept | queue: broker · worker | run | of which forward | answer | total |",
         "|---:|---:|---|---:|---:|---:|---:|",
