@@ -69,12 +69,12 @@ def latency_phases(url: str, redis_url: str, texts: list[str], count: int = 300,
     accept: from sending the request to the job's record (parse, validate,
     cache lookup); queue: record to the start of its batch, split by the
     worker's own clock (the answer's timings) into *broker* (the publish's
-    round trip, the worker's wake-up and fetch) and *worker* (the message
-    read, its text tokenized, the device thread's turn); run: start to the
-    outputs handed to the reporter (the start script, forward, pool), of
-    which forward is the worker's own timing of the model call (`forward`
-    the job's, `forward_mean` per batch from the batch statistics);
-    answer: from there to the answer's bytes in the client's hands (the
+    round trip, the worker's wake-up and fetch, the message read into a
+    job) and *worker* (its text tokenized, the device thread's turn); run:
+    start to the outputs handed to the reporter (the start script, forward,
+    pool), of which forward is the worker's own timing of the model call
+    (`forward` the job's, `forward_mean` per batch from the batch
+    statistics); answer: from there to the answer's bytes in the client's hands (the
     result encoded, the store script whose publish wakes the webapp's
     listener, the waiting thread, the response).
     """
@@ -316,8 +316,9 @@ def report(runs: list[dict]) -> list[str]:
         "",
         "Where one client's request goes (medians of 300 sequential requests, ms, from the clocks on each job's "
         "record and the worker's timings in each answer: *accept* = the webapp up to the job's record; *queue* = "
-        "record to the start of its batch, that is *broker* (the publish's round trip, the worker woken and its "
-        "fetch script) and *worker* (the message read, its text tokenized, the device thread's turn); *run* = "
+        "record to the start of its batch, that is *broker* (the publish's round trip, the worker woken, its "
+        "fetch script, the message read into a job) and *worker* (its text tokenized, the device thread's "
+        "turn); *run* = "
         "start to the outputs handed to the reporter (the start script's round trip first), of which *forward* "
         "is the worker's timing of the job's model call; *answer* = from there to the answer's bytes received "
         "(the result encoded, the store script whose publish wakes the webapp, the waiting thread, the "
