@@ -107,13 +107,19 @@ def measure_config(name: str, settings: dict, redis_server, model_dir: Path, bod
     return rows
 
 
-def replay(model_path: Path, batches: list[tuple[int, int]]) -> dict:
-    """bench/replay.py on these batches, in a process of its own."""
-    batches_json, out_json = OUT / "replay-batches.json", OUT / "replay.json"
+def replay(model_path: Path, batches: list[tuple[int, int]], beside: float = 0.0) -> dict:
+    """bench/replay.py on these batches, in a process of its own (`beside`: a competitor's share of a core)."""
+    batches_json, out_json = OUT / "replay-batches.json", OUT / f"replay{'-beside' if beside else ''}.json"
     batches_json.write_text(json.dumps(batches))
-    subprocess.run([PYTHON, "-m", "bench.replay", str(model_path), str(batches_json), str(out_json)],
-                   cwd=ROOT, check=True)
+    subprocess.run([PYTHON, "-m", "bench.replay", str(model_path), str(batches_json), str(out_json),
+                    f"{beside:.3f}"], cwd=ROOT, check=True)
     return json.loads(out_json.read_text())
+
+
+def others_share(row: dict) -> float:
+    """The CPU the service's processes other than the worker took at this level, in cores."""
+    cpu = row["cpu_ms_per_request"]
+    return sum(cpu.get(k, 0.0) for k in ("webapp", "redis", "wrk")) * row["rps"] / 1000
 
 
 def plot(rows: list[dict], ceiling: dict, path: Path) -> None:
@@ -301,7 +307,8 @@ def replay_lines(row: dict, ceiling: dict) -> list[str]:
            f"{ceiling['ceiling_batch']} and the worker plans from the requests in flight (at most {row['clients']}), "
            "a batch always holding the oldest request (tasks/planning.py)")
     shared = (f"the cores shared: the service's passes ran at {row['forward_items_per_s']:.1f} items/s, "
-              f"{row['forward_items_per_s'] / quiet:.2f}× the same passes in a quiet process.")
+              f"{row['forward_items_per_s'] / quiet:.2f}× the same passes in a quiet process."
+              + beside_sentence(row, quiet))
     lines = [
         f"The same forward passes run again in a quiet process (bench/replay.py: the {len(batches)} batches the "
         f"worker logged at {row['clients']} clients, {items / len(batches):.1f} items and {mean_longest:.0f} "
@@ -325,6 +332,26 @@ def replay_lines(row: dict, ceiling: dict) -> list[str]:
     ]
 
 
+def beside_sentence(row: dict, quiet: float) -> str:
+    """The replay beside a competitor that takes what the webapp, Redis and the client took."""
+    beside = row.get("replay_beside")
+    if not beside:
+        return ""
+    speed = beside["items_per_s"]
+    machine = beside["beside"] / psutil.cpu_count()
+    amplified = 1 - speed / quiet > 1.2 * machine
+    return (
+        f" The webapp, Redis and the client took {beside['beside']:.2f} of a core at that level "
+        f"({machine:.0%} of the machine); the same passes in the quiet process, beside a competitor process "
+        f"burning that much (bench/replay.py BESIDE), ran at {speed:.1f} items/s, {speed / quiet:.2f}× the quiet "
+        "replay"
+        + (": the model's OpenMP threads meet at every operator, so one waiting for its core holds up the "
+           "others, and the passes lose more than the share taken. " if amplified else ". ")
+        + f"The service's passes ran at {row['forward_items_per_s'] / speed:.2f}× that; the worker's own other "
+        "threads (the fetcher's tokenizing, the reporter) take their share too."
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -342,7 +369,7 @@ def main(argv=None) -> int:
         return 2
     levels = [int(x) for x in args.levels.split(",")]
     configs = [("on", {})] + ([] if args.skip_off else [("off", {"max_batch_size": 1})])
-    progress = Progress(4 + len(configs) * len(levels) + (0 if args.skip_cache else 3)
+    progress = Progress(5 + len(configs) * len(levels) + (0 if args.skip_cache else 3)
                         + (0 if args.skip_framework else 2 * 7 + 1) + (0 if args.skip_unload else 3))
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -375,6 +402,9 @@ def main(argv=None) -> int:
             top["replay"] = replay(model_dir / "minilm", top["batches"])
             progress(f"the {len(top['batches'])} batches of {top['clients']} clients replayed in a quiet process: "
                      f"{top['replay']['items_per_s']:.1f} items/s")
+            top["replay_beside"] = replay(model_dir / "minilm", top["batches"], min(others_share(top), 0.95))
+            progress(f"... and beside a competitor taking {top['replay_beside']['beside']:.2f} of a core: "
+                     f"{top['replay_beside']['items_per_s']:.1f} items/s")
             if not args.skip_cache:
                 cache = measure_cache(server.url, model_dir, texts, work, run_wrk, args.duration, progress)
             if not args.skip_framework:  # twice, for the noise; the profiles during the second
