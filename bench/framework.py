@@ -230,11 +230,13 @@ def path_cost(table: dict, result: dict) -> str:
     p = result["phases"]
     floor = table[("floor", 1)]["p50_ms"]
     beyond = p["total"] - p["forward"] - floor
+    left = 2 - p["forward"] - floor
     return (
         f"In run 1 a lone request took {p['total']:.2f} ms: the model call {p['forward']:.2f} ms, what the HTTP "
         f"floor spends on a whole request {floor:.2f} ms (p50), and {beyond:.2f} ms of path between them, "
-        "against the 2 ms target's "
-        f"{max(0.0, 2 - p['forward'] - floor):.2f}. That path crosses Redis four times, each crossing one "
+        + (f"where the 2 ms target leaves {left:.2f} ms. " if left > 0 else
+           "where the 2 ms target leaves nothing: the model call and the floor alone exceed it. ")
+        + "That path crosses Redis four times, each crossing one "
         "round trip: the job's record and message (one pipeline), the fetch (the message moves to the worker's "
         "deliveries, so a dead worker's jobs go back: SPEC §10), the start (the job is marked running only as "
         "its batch starts, so until then it can be cancelled and a dead holder's start is fenced), and the "
