@@ -46,18 +46,20 @@ def main(model_path: str, texts_path: str, out_path: str, sample: int = 1024, si
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return ((hidden * mask).sum(1) / mask.sum(1)).tolist()
 
+    def singles_ms(idle_s: float) -> list[float]:
+        """Each text alone, `idle_s` asleep before each (ms)."""
+        times = []
+        for text in chosen[:singles]:
+            if idle_s:
+                time.sleep(idle_s)
+            started = time.perf_counter()
+            embed([text])
+            times.append((time.perf_counter() - started) * 1000)
+        return times
+
     embed(chosen[:8])  # warm-up
-    single_ms = []
-    for text in chosen[:singles]:
-        started = time.perf_counter()
-        embed([text])
-        single_ms.append((time.perf_counter() - started) * 1000)
-    idle_ms = []
-    for text in chosen[:singles]:
-        time.sleep(IDLE_S)
-        started = time.perf_counter()
-        embed([text])
-        idle_ms.append((time.perf_counter() - started) * 1000)
+    single_ms = singles_ms(0)
+    idle_ms = singles_ms(IDLE_S)
     lengths = {t: len(tokenizer(t, truncation=True, max_length=256)["input_ids"]) for t in chosen}
     by_length = sorted(chosen, key=lambda t: lengths[t])
     batched = {}

@@ -73,10 +73,9 @@ def latency_phases(url: str, redis_url: str, texts: list[str], count: int = 300,
     job) and *worker* (its text tokenized, the device thread's turn); run:
     start to the outputs handed to the reporter (the start script, forward,
     pool), of which forward is the worker's own timing of the model call
-    (`forward` the job's, `forward_mean` per batch from the batch
-    statistics); answer: from there to the answer's bytes in the client's hands (the
-    result encoded, the store script whose publish wakes the webapp's
-    listener, the waiting thread, the response).
+    (the job's `inference_ms`); answer: from there to the answer's bytes in
+    the client's hands (the result encoded, the store script whose publish
+    wakes the webapp's listener, the waiting thread, the response).
     """
     import http.client
     import statistics
@@ -90,8 +89,6 @@ def latency_phases(url: str, redis_url: str, texts: list[str], count: int = 300,
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port)
     client = redis.Redis.from_url(redis_url)
-    stats_key = protocol.batch_stats_key(model)
-    before = client.hgetall(stats_key)
     timed = []
     for text in texts[:count]:
         body = json.dumps({"model_id": model, "inputs": text, "options": {"use_cache": False}})
@@ -101,7 +98,6 @@ def latency_phases(url: str, redis_url: str, texts: list[str], count: int = 300,
         received = time.time()  # before this client's own parse
         answer = json.loads(raw)
         timed.append((sent, received, answer["job_id"], answer["timings"]))
-    after = client.hgetall(stats_key)
     conn.close()
     phases = {name: [] for name in ("accept", "queue", "broker", "worker", "run", "forward", "answer", "total")}
     for sent, received, job_id, timings in timed:
@@ -113,11 +109,7 @@ def latency_phases(url: str, redis_url: str, texts: list[str], count: int = 300,
                             ("run", finished - started), ("forward", timings["inference_ms"] / 1000),
                             ("answer", received - finished), ("total", received - sent)):
             phases[name].append(value)
-    medians = {name: 1000 * statistics.median(values) for name, values in phases.items()}
-    batches = float(after.get(b"batches", 0)) - float(before.get(b"batches", 0))
-    forward = float(after.get(b"forward_seconds", 0)) - float(before.get(b"forward_seconds", 0))
-    medians["forward_mean"] = 1000 * forward / batches if batches else 0.0
-    return medians
+    return {name: 1000 * statistics.median(values) for name, values in phases.items()}
 
 
 def profile(pid: int, seconds: float, svg: Path) -> subprocess.Popen:
