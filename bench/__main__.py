@@ -370,7 +370,7 @@ def main(argv=None) -> int:
     levels = [int(x) for x in args.levels.split(",")]
     configs = [("on", {})] + ([] if args.skip_off else [("off", {"max_batch_size": 1})])
     progress = Progress(5 + len(configs) * len(levels) + (0 if args.skip_cache else 3)
-                        + (0 if args.skip_framework else 2 * 7 + 1) + (0 if args.skip_unload else 3))
+                        + (0 if args.skip_framework else 2 * 7 + 2) + (0 if args.skip_unload else 3))
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     OUT.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="atf-bench-"))

@@ -13,7 +13,8 @@
 each at 1 and 64 clients with wrk, with the CPU time per request of every
 process; `tiny-embed`'s own time for a lone text in a process of its own
 (bench/ceiling.py); then py-spy flame graphs (SVG) of the webapp and the
-worker under the 64-client load, in bench/profiles/ (with --profile).
+worker under the 64-client load, in bench/profiles/, and their CPU per
+request by purpose (bench/accounting.py), with --profile.
 
 SPEC §11: at 64 clients ≥ 0.6 × the floor; one client p50 ≤ 2 ms.
 """
@@ -30,6 +31,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from bench import accounting
 from bench.ceiling import IDLE_S
 from bench.harness import OUT, Progress, cpu_seconds, run_wrk, tree
 from bench.load import sentences
@@ -163,7 +165,7 @@ def measure_framework(redis_server, model_dir: Path, texts: list[str], work: Pat
     rows += measure_queue_floor(env, work, bodies, seconds, progress, redis_server.process.pid)
     worker = Worker("bench-tiny", env, work).wait_ready()
     webapp = Webapp(env, work).wait_ready()
-    profiles = {}
+    profiles, purpose_shares = {}, {}
     try:
         procs = {"webapp": webapp.process.pid, "worker": worker.process.pid, "redis": redis_server.process.pid}
         rows += measure("service", webapp.url, procs, bodies, seconds, progress, 20000)
@@ -171,12 +173,16 @@ def measure_framework(redis_server, model_dir: Path, texts: list[str], work: Pat
         if profile_s:
             profiles = record_profiles(webapp, worker, bodies, profile_s)
             progress(f"profiles: {', '.join(str(p.relative_to(ROOT)) for p in profiles.values())}")
+            purpose_shares = sample_purposes(webapp, worker, bodies, profile_s, work / "samples")
+            progress("on-CPU samples by purpose: " + ", ".join(
+                f"{name} {len(shares)} purposes" for name, shares in purpose_shares.items()))
     finally:
         webapp.stop()
         worker.stop()
     return {"rows": rows, "phases": phases, "single_forward_ms": single_ms,
             "single_after_idle_ms": alone_result["single_after_idle_p50_ms"],
-            "profiles": {k: str(v.relative_to(ROOT)) for k, v in profiles.items()}}
+            "profiles": {k: str(v.relative_to(ROOT)) for k, v in profiles.items()},
+            "purpose_shares": purpose_shares}
 
 
 def measure_queue_floor(env: dict, work: Path, bodies: Path, seconds: float, progress, redis_pid: int) -> list[dict]:
@@ -215,6 +221,36 @@ def record_profiles(webapp: Webapp, worker: Worker, bodies: Path, seconds: float
             raise RuntimeError(f"py-spy on the {name} failed: {err.decode()[-500:]}")
     load.join()
     return out
+
+
+def sample_purposes(webapp: Webapp, worker: Worker, bodies: Path, seconds: float, out: Path) -> dict:
+    """Each process's share of on-CPU samples by purpose (bench/accounting.py) while 64 clients load them."""
+    spies = accounting.record({"webapp": webapp.process.pid, "worker": worker.process.pid}, seconds, out)
+    load = threading.Thread(target=run_wrk, args=(webapp.url, bodies, 64, seconds + 2, 70000))
+    load.start()
+    try:
+        return accounting.read(spies, out, seconds + 60)
+    finally:
+        load.join()
+
+
+def purpose_table(table: dict, result: dict) -> list[str]:
+    """The service's CPU per request at 64 clients by purpose, set against the queue floor's."""
+    service = table[("service", 64)]["cpu_ms_per_request"]
+    queue = table[(QUEUE_FLOOR, 64)]["cpu_ms_per_request"]
+    by_purpose = accounting.cpu_by_purpose(result["purpose_shares"], service)
+    return [
+        f"CPU per request at 64 clients by what it is for (bench/accounting.py): each process's CPU per request "
+        f"in the last run's 64-client row, shared out as its samples of the thread running Python (py-spy --gil, "
+        f"{accounting.SAMPLE_RATE} per second, under the same load right after) fall under each purpose by the "
+        "frames they are in. "
+        f"Redis took {service['redis']:.2f} ms and wrk {service['wrk']:.2f} ms more. The queue floor spent "
+        f"{sum(queue.values()):.2f} ms per request in all (its webapp {queue['webapp']:.2f}, its worker "
+        f"{queue['worker']:.2f}, Redis {queue['redis']:.2f}, wrk {queue['wrk']:.2f}): the HTTP server, one "
+        "Redis round trip, the wake-up; everything else below is what the service does beyond it.",
+        "",
+        *accounting.report(by_purpose),
+    ]
 
 
 def path_cost(table: dict, result: dict) -> str:
@@ -326,6 +362,8 @@ def report(runs: list[dict]) -> list[str]:
         lines.append(f"| {i + 1} | {p['accept']:.2f} | {p['queue']:.2f}: {p['broker']:.2f} · {p['worker']:.2f} "
                      f"| {p['run']:.2f} | {p['forward']:.2f} | {p['answer']:.2f} | {p['total']:.2f} |")
     lines += ["", path_cost(tables[0], runs[0])]
+    if runs[-1].get("purpose_shares"):
+        lines += ["", *purpose_table(tables[-1], runs[-1])]
     profiles = [result["profiles"] for result in runs if result.get("profiles")]
     if profiles:
         lines += ["", "Flame graphs under the 64-client load (py-spy, all threads, idle ones included): "
@@ -344,7 +382,7 @@ def main(argv=None) -> int:
         print("bench needs wrk (apt-get install wrk)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="atf-bench-"))
-    progress = Progress(args.runs * (3 * len(LEVELS) + 1) + (1 if args.profile else 0))
+    progress = Progress(args.runs * (3 * len(LEVELS) + 1) + (2 if args.profile else 0))
     try:
         with EmbeddedRedis() as server:
             runs = [measure_framework(server, work / "models", sentences(), work, args.duration, progress,
