@@ -21,6 +21,8 @@ from pathlib import Path
 from devtools.processes import Webapp, Worker, service_env
 
 REPEAT_RATIO = 0.30
+# minilm's embedding: the floor the hits are set against answers one as long.
+MINILM_FLOATS = 384
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -56,6 +58,20 @@ def _latencies(url: str, texts: list[str], expect: str) -> dict:
             "p99_ms": _percentile(hits, 0.99)}
 
 
+def _floor_latency(env: dict, work: Path, texts: list[str]) -> dict:
+    """The same client and bodies against the HTTP floor (bench/floor.py), answering as many floats as minilm."""
+    floor = Webapp(dict(env, FLOOR_FLOATS=str(MINILM_FLOATS)), work, "--workers", "1", app="bench.floor:app",
+                   ready_path="/health/live").wait_ready()
+    try:
+        host, port = floor.url.split("//", 1)[1].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=120)
+        times = [_ask(conn, text)[0] for text in texts]
+        conn.close()
+    finally:
+        floor.stop()
+    return {"requests": len(texts), "p50_ms": statistics.median(times), "p99_ms": _percentile(times, 0.99)}
+
+
 def repeat_stream(texts: list[str], length: int, ratio: float = REPEAT_RATIO, seed: int = 0) -> list[str]:
     """A request stream where `ratio` of the requests repeat an earlier text."""
     rng = random.Random(seed)
@@ -77,10 +93,12 @@ def measure_cache(redis_url: str, model_dir: Path, texts: list[str], work: Path,
         _latencies(webapp.url, sample, "miss")  # compute: level 2 gets them, so does this process's level 1
         l1 = _latencies(webapp.url, sample, "l1")
         webapp.stop()
+        floor = _floor_latency(env, work, sample)
         webapp = Webapp(env, work, "--workers", "1").wait_ready()
         l2 = _latencies(webapp.url, sample, "l2")
         progress(f"cache hits: level 1 p50 {l1['p50_ms']:.2f} ms, p99 {l1['p99_ms']:.2f} ms; "
-                 f"level 2 p50 {l2['p50_ms']:.2f} ms, p99 {l2['p99_ms']:.2f} ms")
+                 f"level 2 p50 {l2['p50_ms']:.2f} ms, p99 {l2['p99_ms']:.2f} ms; the HTTP floor p50 "
+                 f"{floor['p50_ms']:.2f} ms")
         # Fresh texts for the stream: the other sentences, then pairs of them.
         rest = texts[300:]
         rest += [f"{a} {b}" for a, b in zip(rest, rest[1:])]
@@ -102,26 +120,34 @@ def measure_cache(redis_url: str, model_dir: Path, texts: list[str], work: Path,
                           "errors": summary["socket_errors"] + summary["non_2xx"]}
             progress(f"{int(REPEAT_RATIO * 100)}% repeats, 64 clients, {name}: {rows[name]['rps']:.1f} req/s, "
                      f"p50 {rows[name]['p50_ms']:.1f} ms")
-        return {"l1": l1, "l2": l2, "repeats": rows, "repeat_ratio": REPEAT_RATIO}
+        return {"l1": l1, "l2": l2, "floor": floor, "repeats": rows, "repeat_ratio": REPEAT_RATIO}
     finally:
         webapp.stop()
         worker.stop()
 
 
 def report(cache: dict) -> list[str]:
-    l1, l2, rows = cache["l1"], cache["l2"], cache["repeats"]
+    l1, l2, floor, rows = cache["l1"], cache["l2"], cache["floor"], cache["repeats"]
     on, off = rows["cache on"], rows["cache bypassed"]
+    beyond = l1["p50_ms"] - floor["p50_ms"]
     return [
         "## Response cache",
         "",
         "| target | measured | |",
         "|---|---|---|",
-        f"| level 1 (in-process) hit p50 ≤ 2 ms | p50 {l1['p50_ms']:.2f} ms, p99 {l1['p99_ms']:.2f} ms "
-        f"({l1['hits']}/{l1['requests']} hits) | {'met' if l1['p50_ms'] <= 2 else 'missed'} |",
+        f"| level 1 (in-process) hit p50 ≤ 1 ms (SPEC §11: ≤ 2 ms) | p50 {l1['p50_ms']:.2f} ms, "
+        f"p99 {l1['p99_ms']:.2f} ms ({l1['hits']}/{l1['requests']} hits) | "
+        f"{'met' if l1['p50_ms'] <= 1 else 'missed'} (SPEC's: {'met' if l1['p50_ms'] <= 2 else 'missed'}) |",
         f"| level 2 (Redis) hit p50 ≤ 5 ms | p50 {l2['p50_ms']:.2f} ms, p99 {l2['p99_ms']:.2f} ms "
         f"({l2['hits']}/{l2['requests']} hits) | {'met' if l2['p50_ms'] <= 5 else 'missed'} |",
         "",
-        "Hit latency: one client, a webapp of one process, through HTTP `/predict` (client clock). "
+        "Hit latency: one client, a webapp of one process, through HTTP `/predict` (client clock: Python's "
+        "`http.client`, whose own work is in every figure). The same client sent the same bodies to the HTTP "
+        f"floor (bench/floor.py, Flask with no work, one process, answering {MINILM_FLOATS} floats as minilm "
+        f"does, through Flask's own JSON): p50 {floor['p50_ms']:.2f} ms; a level-1 hit took "
+        f"{abs(beyond):.2f} ms {'more' if beyond >= 0 else 'less'}: the request's checks, the cache keys and "
+        "the lookup, the access line and the metrics, less the floor's JSON encoding (the cache keeps each "
+        "output encoded). "
         f"Throughput: wrk, 64 clients, a stream where {int(cache['repeat_ratio'] * 100)}% of the requests "
         "repeat an earlier sentence:",
         "",

@@ -2,13 +2,16 @@
 
 It parses the JSON body as the real endpoint does and answers a JSON object
 of the same shape and size as the tiny model's answer (an embedding of 32
-floats), so the difference to the real service is the framework's own cost:
-validation, the cache, Redis, the worker, the wake-up of the waiting thread.
+floats; FLOOR_FLOATS others, as minilm's 384 for the cache's hits), so the
+difference to the real service is the framework's own cost: validation, the
+cache, Redis, the worker, the wake-up of the waiting thread.
 """
+
+import os
 
 from flask import Flask, jsonify, request
 
-EMBEDDING = [0.012345678] * 32
+EMBEDDING = [0.012345678] * int(os.environ.get("FLOOR_FLOATS") or 32)
 
 app = Flask(__name__)
 
