@@ -347,14 +347,14 @@ def floor_sentence(row: dict, ceiling: dict) -> list[str]:
     top = ceiling["ceiling_texts_per_s"]
     low, high = sorted((cheap["items_per_s"] / top, dear["items_per_s"] / top))
     if high < 0.85:
-        verdict = ("even so the 0.85× target is out of reach on these cores, whatever the service's own cost: the "
+        verdict = ("Even so the 0.85× target is out of reach on these cores, whatever the service's own cost: the "
                    "model shares them with any path that answers over HTTP through Redis.")
     elif low >= 0.85:
-        verdict = ("a service that cheap would leave the model room for the 0.85× target here (the passes' speed "
+        verdict = ("A service that cheap would leave the model room for the 0.85× target here (the passes' speed "
                    "bounds the throughput from above), so what keeps this one from it is its own CPU per request "
                    "beyond the queue floor (the framework section shows it by purpose).")
     else:
-        verdict = ("the 0.85× target lies within that range: a service that cheap might reach it here, so part of "
+        verdict = ("The 0.85× target lies within that range: a service that cheap might reach it here, so part of "
                    "what keeps this one from it is its own CPU per request beyond the queue floor (the framework "
                    "section shows it by purpose).")
     return [
@@ -365,7 +365,7 @@ def floor_sentence(row: dict, ceiling: dict) -> list[str]:
         f"of a core at {row['rps']:.1f} req/s. Beside a competitor burning that much, the same passes ran at "
         f"{cheap['items_per_s']:.1f} and {dear['items_per_s']:.1f} items/s, **{cheap['items_per_s'] / top:.2f}× and "
         f"{dear['items_per_s'] / top:.2f}×** the "
-        f"ceiling: {verdict}",
+        f"ceiling. {verdict}",
         "",
     ]
 
