@@ -174,7 +174,7 @@ def measure_framework(redis_server, model_dir: Path, texts: list[str], work: Pat
             profiles = record_profiles(webapp, worker, bodies, profile_s)
             progress(f"profiles: {', '.join(str(p.relative_to(ROOT)) for p in profiles.values())}")
             purpose_shares = sample_purposes(webapp, worker, bodies, profile_s, work / "samples")
-            progress("on-CPU samples by purpose: " + ", ".join(
+            progress("samples of the thread running Python, by purpose: " + ", ".join(
                 f"{name} {len(shares)} purposes" for name, shares in purpose_shares.items()))
     finally:
         webapp.stop()
@@ -224,7 +224,7 @@ def record_profiles(webapp: Webapp, worker: Worker, bodies: Path, seconds: float
 
 
 def sample_purposes(webapp: Webapp, worker: Worker, bodies: Path, seconds: float, out: Path) -> dict:
-    """Each process's share of on-CPU samples by purpose (bench/accounting.py) while 64 clients load them."""
+    """Each process's share of Python's samples by purpose (bench/accounting.py) while 64 clients load them."""
     spies = accounting.record({"webapp": webapp.process.pid, "worker": worker.process.pid}, seconds, out)
     load = threading.Thread(target=run_wrk, args=(webapp.url, bodies, 64, seconds + 2, 70000))
     load.start()
