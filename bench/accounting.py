@@ -5,8 +5,10 @@ the service, py-spy samples both processes, each sample the thread that
 holds the GIL, that is, runs Python. (py-spy's other mode, threads it does
 not judge idle, also counts threads woken and waiting for a core, of which
 a loaded 2-core machine has many.) Native work outside the GIL (torch's
-own threads) is shared out with the rest; for `tiny-embed` it is a few
-percent of the worker's CPU. Each sample is put under one
+own threads) is shared out with the rest: for `tiny-embed` it is a few
+percent of the worker's CPU, but most of it for minilm, whose worker
+column this method would blur; the webapp's is Python throughout. Each
+sample is put under one
 purpose by its deepest frame that names one: in the libraries that serve
 one purpose wherever they are called from (LIBRARY_FRAMES: Flower's
 events, Prometheus, logging), else in our own modules (PROJECT_FRAMES). A
