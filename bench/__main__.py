@@ -46,6 +46,9 @@ from common.protocol import batch_stats_key
 from devtools.processes import PYTHON, ROOT, Webapp, Worker, service_env
 from devtools.redis_server import EmbeddedRedis
 
+# The competitor beside a replay burns at most this share of a core: it sleeps the rest of each period.
+MAX_BESIDE = 0.95
+
 
 def batch_counters(client: redis.Redis, model_id: str) -> tuple[float, float, float]:
     """(forward passes, items, seconds in forward passes) the worker reports."""
@@ -107,10 +110,9 @@ def measure_config(name: str, settings: dict, redis_server, model_dir: Path, bod
     return rows
 
 
-def replay(model_path: Path, batches: list[tuple[int, int]], beside: float = 0.0, name: str = "replay") -> dict:
-    """bench/replay.py on these batches, in a process of its own (`beside`: a competitor's share of a core)."""
-    batches_json, out_json = OUT / "replay-batches.json", OUT / f"{name}.json"
-    batches_json.write_text(json.dumps(batches))
+def replay(model_path: Path, batches_json: Path, beside: float = 0.0, name: str = "replay") -> dict:
+    """bench/replay.py on `batches_json`, in a process of its own (`beside`: a competitor's share of a core)."""
+    out_json = OUT / f"{name}.json"
     subprocess.run([PYTHON, "-m", "bench.replay", str(model_path), str(batches_json), str(out_json),
                     f"{beside:.3f}"], cwd=ROOT, check=True)
     return json.loads(out_json.read_text())
@@ -122,10 +124,15 @@ def queue_floor_cpu(framework: list[dict], clients: int) -> float:
                if r["system"] == QUEUE_FLOOR and r["clients"] == clients)
 
 
-def others_share(row: dict) -> float:
-    """The CPU the service's processes other than the worker took at this level, in cores."""
+def others_cpu(row: dict) -> float:
+    """The CPU ms per request the service's processes other than the worker took at this level."""
     cpu = row["cpu_ms_per_request"]
-    return sum(cpu.get(k, 0.0) for k in ("webapp", "redis", "wrk")) * row["rps"] / 1000
+    return sum(cpu.get(k, 0.0) for k in ("webapp", "redis", "wrk"))
+
+
+def cores_at(ms_per_request: float, row: dict) -> float:
+    """The share of a core that `ms_per_request` of CPU takes at this row's throughput (at most MAX_BESIDE)."""
+    return min(ms_per_request * row["rps"] / 1000, MAX_BESIDE)
 
 
 def plot(rows: list[dict], ceiling: dict, path: Path) -> None:
@@ -437,10 +444,12 @@ def main(argv=None) -> int:
                 rows += measure_config(name, settings, server, model_dir, bodies, levels, args.duration,
                                        progress, work, texts[-250:] if name == "on" else ())
             top = max((r for r in rows if r["config"] == "on"), key=lambda r: r["clients"])
-            top["replay"] = replay(model_dir / "minilm", top["batches"])
+            batches_json = OUT / "replay-batches.json"
+            batches_json.write_text(json.dumps(top["batches"]))
+            top["replay"] = replay(model_dir / "minilm", batches_json)
             progress(f"the {len(top['batches'])} batches of {top['clients']} clients replayed in a quiet process: "
                      f"{top['replay']['items_per_s']:.1f} items/s")
-            top["replay_beside"] = replay(model_dir / "minilm", top["batches"], min(others_share(top), 0.95),
+            top["replay_beside"] = replay(model_dir / "minilm", batches_json, cores_at(others_cpu(top), top),
                                           "replay-beside")
             progress(f"... and beside a competitor taking {top['replay_beside']['beside']:.2f} of a core: "
                      f"{top['replay_beside']['items_per_s']:.1f} items/s")
@@ -453,7 +462,7 @@ def main(argv=None) -> int:
                 top["replay_queue_floor"] = []
                 for clients in (64, 1):
                     per_request = queue_floor_cpu(framework, clients)
-                    beside = replay(model_dir / "minilm", top["batches"], min(per_request * top["rps"] / 1000, 0.95),
+                    beside = replay(model_dir / "minilm", batches_json, cores_at(per_request, top),
                                     f"replay-queue-floor-{clients}")
                     top["replay_queue_floor"].append(dict(beside, cpu_ms_per_request=per_request))
                 progress(f"... and beside what the queue floor would take at {top['rps']:.1f} req/s (" + ", ".join(

@@ -162,24 +162,31 @@ def shares(raw: str) -> dict[str, float]:
     return {purpose: n / total for purpose, n in counts.items()} if total else {}
 
 
-def record(pids: dict[str, int], seconds: float, out_dir: Path) -> dict[str, subprocess.Popen]:
-    """Start py-spy (raw output, the GIL's holder) on each process tree; then read()."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return {name: subprocess.Popen(
-        [PY_SPY, "record", "--pid", str(pid), "--subprocesses", "--duration", f"{seconds:.0f}",
-         "--rate", str(SAMPLE_RATE), "--gil", "--format", "raw", "--output", str(out_dir / f"{name}.raw")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for name, pid in pids.items()}
+def spy(pid: int, seconds: float, output: Path, *options: str) -> subprocess.Popen:
+    """py-spy on a process tree (gunicorn's master and its workers, or the Celery worker); finish() waits."""
+    return subprocess.Popen(
+        [PY_SPY, "record", "--pid", str(pid), "--subprocesses", "--duration", f"{seconds:.0f}", *options,
+         "--output", str(output)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def read(spies: dict[str, subprocess.Popen], out_dir: Path, timeout: float) -> dict[str, dict[str, float]]:
-    """Each process's purpose shares, once its py-spy has finished."""
-    result = {}
-    for name, spy in spies.items():
-        _, err = spy.communicate(timeout=timeout)
-        if spy.returncode != 0:
+def finish(spies: dict[str, subprocess.Popen], timeout: float) -> None:
+    """Wait for each py-spy; raise if one failed."""
+    for name, process in spies.items():
+        _, err = process.communicate(timeout=timeout)
+        if process.returncode != 0:
             raise RuntimeError(f"py-spy on the {name} failed: {err.decode()[-500:]}")
-        result[name] = shares((out_dir / f"{name}.raw").read_text())
-    return result
+
+
+def record(pids: dict[str, int], seconds: float, out_dir: Path) -> dict[str, subprocess.Popen]:
+    """Start py-spy (raw output, the GIL's holder) on each process; finish(), then read()."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return {name: spy(pid, seconds, out_dir / f"{name}.raw", "--rate", str(SAMPLE_RATE), "--gil", "--format", "raw")
+            for name, pid in pids.items()}
+
+
+def read(names, out_dir: Path) -> dict[str, dict[str, float]]:
+    """Each process's purpose shares, from the raw output record() had written."""
+    return {name: shares((out_dir / f"{name}.raw").read_text()) for name in names}
 
 
 def cpu_by_purpose(purpose_shares: dict[str, dict[str, float]], cpu_ms: dict[str, float]) -> dict[str, dict]:

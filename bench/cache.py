@@ -30,6 +30,11 @@ def _percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * (len(values) - 1)))]
 
 
+def _connect(url: str) -> http.client.HTTPConnection:
+    host, port = url.split("//", 1)[1].split(":")
+    return http.client.HTTPConnection(host, int(port), timeout=120)
+
+
 def _ask(conn: http.client.HTTPConnection, text: str) -> tuple[float, dict]:
     body = json.dumps({"model_id": "minilm", "inputs": text})
     started = time.perf_counter()
@@ -43,8 +48,7 @@ def _ask(conn: http.client.HTTPConnection, text: str) -> tuple[float, dict]:
 
 
 def _latencies(url: str, texts: list[str], expect: str) -> dict:
-    host, port = url.split("//", 1)[1].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    conn = _connect(url)
     levels, times = [], []
     for text in texts:
         elapsed, body = _ask(conn, text)
@@ -63,8 +67,7 @@ def _floor_latency(env: dict, work: Path, texts: list[str]) -> dict:
     floor = Webapp(dict(env, FLOOR_FLOATS=str(MINILM_FLOATS)), work, "--workers", "1", app="bench.floor:app",
                    ready_path="/health/live").wait_ready()
     try:
-        host, port = floor.url.split("//", 1)[1].split(":")
-        conn = http.client.HTTPConnection(host, int(port), timeout=120)
+        conn = _connect(floor.url)
         times = [_ask(conn, text)[0] for text in texts]
         conn.close()
     finally:

@@ -114,14 +114,6 @@ def latency_phases(url: str, redis_url: str, texts: list[str], count: int = 300,
     return {name: 1000 * statistics.median(values) for name, values in phases.items()}
 
 
-def profile(pid: int, seconds: float, svg: Path) -> subprocess.Popen:
-    """py-spy on a process tree (gunicorn's master and its workers, or the Celery worker)."""
-    return subprocess.Popen(
-        [str(Path(PYTHON).with_name("py-spy")), "record", "--pid", str(pid), "--subprocesses", "--idle",
-         "--duration", f"{seconds:.0f}", "--rate", "200", "--format", "flamegraph", "--output", str(svg)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 def measure(name: str, url: str, procs: dict, bodies: Path, seconds: float, progress, offset: int) -> list[dict]:
     rows = []
     run_wrk(url, bodies, 8, 2, 0)  # warm-up: connections, threads
@@ -208,28 +200,28 @@ def measure_queue_floor(env: dict, work: Path, bodies: Path, seconds: float, pro
 
 
 def record_profiles(webapp: Webapp, worker: Worker, bodies: Path, seconds: float) -> dict[str, Path]:
-    """Flame graphs of both processes while 64 clients load them."""
+    """Flame graphs of both processes (all threads, idle ones included) while 64 clients load them."""
     PROFILES.mkdir(parents=True, exist_ok=True)
     out = {"webapp": PROFILES / "webapp.svg", "worker": PROFILES / "worker.svg"}
-    spies = {k: profile(pid, seconds, out[k]) for k, pid in
-             (("webapp", webapp.process.pid), ("worker", worker.process.pid))}
-    load = threading.Thread(target=run_wrk, args=(webapp.url, bodies, 64, seconds + 2, 50000))
-    load.start()
-    for name, spy in spies.items():
-        _, err = spy.communicate(timeout=seconds + 60)
-        if spy.returncode != 0:
-            raise RuntimeError(f"py-spy on the {name} failed: {err.decode()[-500:]}")
-    load.join()
+    spies = {k: accounting.spy(pid, seconds, out[k], "--idle", "--rate", "200", "--format", "flamegraph")
+             for k, pid in (("webapp", webapp.process.pid), ("worker", worker.process.pid))}
+    under_load(webapp.url, bodies, seconds, 50000, spies)
     return out
 
 
 def sample_purposes(webapp: Webapp, worker: Worker, bodies: Path, seconds: float, out: Path) -> dict:
     """Each process's share of Python's samples by purpose (bench/accounting.py) while 64 clients load them."""
     spies = accounting.record({"webapp": webapp.process.pid, "worker": worker.process.pid}, seconds, out)
-    load = threading.Thread(target=run_wrk, args=(webapp.url, bodies, 64, seconds + 2, 70000))
+    under_load(webapp.url, bodies, seconds, 70000, spies)
+    return accounting.read(spies, out)
+
+
+def under_load(url: str, bodies: Path, seconds: float, offset: int, spies: dict) -> None:
+    """Wait for the py-spies while 64 clients load the service (a little longer than they sample)."""
+    load = threading.Thread(target=run_wrk, args=(url, bodies, 64, seconds + 2, offset))
     load.start()
     try:
-        return accounting.read(spies, out, seconds + 60)
+        accounting.finish(spies, seconds + 60)
     finally:
         load.join()
 
