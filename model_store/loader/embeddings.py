@@ -32,6 +32,7 @@ class FeatureExtractionRunner(Runner):
             self._filler = max(self.pad_id + 1, 1000 % self.tokenizer.vocab_size)
         self._cls = self.tokenizer.cls_token_id
         self._sep = self.tokenizer.sep_token_id
+        self._direct = direct_tokenizer(self.tokenizer, self.max_length)
 
     def dummy_encoding(self, length: int) -> Encoding:
         """An encoding of exactly `length` tokens (special tokens included)."""
@@ -45,6 +46,8 @@ class FeatureExtractionRunner(Runner):
             if not isinstance(item, str):
                 raise ValidationFailed(f"inputs[{i}] must be a string for {self.task}")
         truncate = params.get("truncate", True)
+        if truncate and self._direct is not None:
+            return [Encoding(length=len(enc.ids), ids=enc.ids) for enc in self._direct.encode_batch(items)]
         ids = self.tokenizer(
             items,
             add_special_tokens=True,
@@ -90,6 +93,45 @@ class FeatureExtractionRunner(Runner):
             if params.get("normalize"):
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
             return list(pooled.float().cpu().contiguous().numpy())
+
+
+# Texts the direct tokenizer must encode exactly as transformers does before it is used.
+PROBES = (
+    "",
+    "The quick brown fox jumps over the lazy dog.",
+    "  Spaces,\ttabs\nand newlines; UPPER case, accents: café, naïve, Ångström. Emoji 🙂 and 中文 and ١٢٣.",
+    "[CLS] [SEP] [MASK] [PAD] <s> </s> <pad> written as text",
+    "word " * 600,  # longer than any model's limit: truncated
+)
+
+
+def direct_tokenizer(tokenizer, max_length: int):
+    """A private copy of the fast tokenizer's Rust backend, set to add special tokens and truncate at `max_length`.
+
+    transformers' `tokenizer(...)` costs about 20 µs of Python per call on
+    top of the Rust encoding (about 80 µs against 60 µs a sentence for
+    minilm), reconfiguring the backend's truncation and padding each time; the
+    consumer thread makes one call per job, holding the GIL the device
+    thread needs between operators. The copy is configured once. It is
+    used only if it encodes PROBES exactly as transformers does (else None:
+    transformers' call is kept); a copy, so that transformers' own calls
+    (calibration, other threads) never see its settings.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not getattr(tokenizer, "is_fast", False):
+        return None
+    try:
+        direct = type(backend).from_str(backend.to_str())
+        direct.no_padding()
+        direct.enable_truncation(max_length, stride=0, strategy="longest_first",
+                                 direction=getattr(tokenizer, "truncation_side", "right"))
+        expected = tokenizer(list(PROBES), add_special_tokens=True, truncation=True, max_length=max_length,
+                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        if [enc.ids for enc in direct.encode_batch(list(PROBES))] != [list(ids) for ids in expected]:
+            return None
+    except Exception:  # noqa: BLE001 - any doubt: transformers' own call
+        return None
+    return direct
 
 
 def pool(torch, hidden, mask, mode: str):
