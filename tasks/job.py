@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import orjson
+
 from common.cache_keys import cache_key
 from common.envelope import BadEnvelope, Envelope, arguments
 from common.errors import ServiceError, ValidationFailed
@@ -20,6 +22,14 @@ class InvalidJob(Exception):
     def __init__(self, job_id: str | None, reason: str):
         super().__init__(reason)
         self.job_id = job_id
+
+
+def params_key(params: dict) -> str:
+    """Equal for equal parameters (keys sorted): items share a batch only with equal keys."""
+    try:
+        return orjson.dumps(params, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:  # what orjson cannot write: an integer past 64 bits in another client's message
+        return json.dumps(params, sort_keys=True)
 
 
 @dataclass(eq=False)
@@ -58,7 +68,7 @@ class Job:
     trace_parent: object = None  # tracing on: the context its batch spans go under (tasks/job_spans.py)
 
     def __post_init__(self):
-        self.params_key = json.dumps(self.params, sort_keys=True)
+        self.params_key = params_key(self.params)
         self.outputs = [None] * len(self.inputs)
         for index, output in self.prefilled.items():
             self.outputs[index] = output
@@ -68,7 +78,7 @@ class Job:
     def use_params(self, params: dict) -> None:
         """Run with `params`, the message's as validated (defaults filled in): what was checked is what runs."""
         self.params = params
-        self.params_key = json.dumps(params, sort_keys=True)
+        self.params_key = params_key(params)
 
     @property
     def cacheable(self) -> bool:

@@ -121,3 +121,20 @@ def test_a_message_without_ids_or_with_bad_ones_still_runs():
     msg.headers.update(request_id="bad\nid", traceparent="00-xyz")
     job = job_from_envelope(msg)
     assert (job.model_id, job.request_id, job.traceparent) == ("m", None, None)
+
+
+def test_jobs_share_a_batch_key_only_with_equal_parameters_whatever_their_order():
+    """Items batch together by their job's parameters: equal in any key order, and any a client can send."""
+    def job(params, job_id="job-1"):
+        return job_from_envelope(message(kwargs={"model_id": "minilm", "inputs": "a", "parameters": params},
+                                         job_id=job_id))
+
+    a = job({"pooling": "mean", "normalize": True, "extra": {"b": 1, "a": [1, 2]}})
+    b = job({"extra": {"a": [1, 2], "b": 1}, "normalize": True, "pooling": "mean"}, "job-2")
+    assert a.batch_key == b.batch_key
+    assert a.batch_key != job({"pooling": "cls", "normalize": True, "extra": {"b": 1, "a": [1, 2]}}).batch_key
+    # an integer past 64 bits (JSON allows it; another client may send it) still keys its job
+    huge = job({"max_new_tokens": 2 ** 70})
+    assert huge.batch_key == job({"max_new_tokens": 2 ** 70}, "job-3").batch_key != a.batch_key
+    huge.use_params({"max_new_tokens": 2 ** 70, "pooling": "mean"})
+    assert "1180591620717411303424" in huge.batch_key
