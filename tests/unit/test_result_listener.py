@@ -11,20 +11,17 @@ connections it holds, closing nothing; a failure when CI is set and no
 Redis runs.
 """
 
-import os
 import socket
 import threading
 import time
 import uuid
 
 import orjson
-import pytest
-import redis
 
 from webapp import results
 from webapp.results import ResultListener
 
-REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 15
+REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 15  # conftest.py's REDIS_URL
 
 
 class SilencingProxy:
@@ -81,21 +78,7 @@ class SilencingProxy:
                     sock.close()
 
 
-@pytest.fixture
-def redis_client():
-    conn = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB, socket_connect_timeout=1, socket_timeout=5)
-    try:
-        conn.ping()
-    except (redis.RedisError, OSError) as exc:
-        reason = f"no Redis at {REDIS_HOST}:{REDIS_PORT} ({exc}); this test needs one"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    yield conn
-    conn.close()
-
-
-def test_a_listener_whose_subscription_goes_silent_subscribes_again(redis_client, monkeypatch):
+def test_a_listener_whose_subscription_goes_silent_subscribes_again(client, monkeypatch):
     """Published replies reach their waiter again within a few health checks of the link going silent."""
     monkeypatch.setattr(results, "HEALTH_CHECK_S", 0.5)
     proxy = SilencingProxy()
@@ -108,7 +91,7 @@ def test_a_listener_whose_subscription_goes_silent_subscribes_again(redis_client
         reply = orjson.dumps({"task_id": job_id, "status": "SUCCESS", "result": 1})
         silenced_at = time.monotonic()
         while not waiter.event.wait(0.2) and time.monotonic() - silenced_at < 10:
-            redis_client.publish(listener.channel, reply)  # lost while the old connection is the one subscribed
+            client.publish(listener.channel, reply)  # lost while the old connection is the one subscribed
         assert waiter.event.is_set(), "no reply reached the waiter within 10 s of the subscription going silent"
         assert waiter.payload == {"task_id": job_id, "status": "SUCCESS", "result": 1}
         took = time.monotonic() - silenced_at

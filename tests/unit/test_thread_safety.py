@@ -10,7 +10,6 @@ real Redis on 127.0.0.1:6379, database 15 (flushed before and after):
 skipped without it, a failure when CI is set.
 """
 
-import os
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ from common import protocol
 from common.settings import Settings
 from model_store.store import ModelStore
 from tests.helpers import make_model
+from tests.unit.conftest import REDIS_URL
 from webapp import catalog as catalog_module
 from webapp import model_admin, response_cache
 from webapp.catalog import ModelCatalog
@@ -35,7 +35,6 @@ from webapp.response_cache import ResponseCache
 from webapp.results import ResultListener
 from webapp.workers import WorkerDirectory
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
 THREADS = 64  # gunicorn.conf.py's WEB_THREADS
 HAMMER_S = 1.5
 # Caches whose entries expire this fast expire during every test, not once.
@@ -49,24 +48,6 @@ def small_and_short_lived(most: int | None = None):
         return TTLCache(min(maxsize, most or maxsize), TINY_TTL_S, **kwargs)
 
     return make
-
-
-@pytest.fixture
-def client():
-    """The real Redis, database 15, flushed before and after."""
-    conn = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=5)
-    try:
-        conn.ping()
-    except (redis.RedisError, OSError) as exc:
-        reason = f"no Redis at {REDIS_URL} ({exc}); these tests need one"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        print(reason)
-        pytest.skip(reason)
-    conn.flushdb()
-    yield conn
-    conn.flushdb()
-    conn.close()
 
 
 @pytest.fixture
