@@ -48,14 +48,7 @@ class FeatureExtractionRunner(Runner):
         truncate = params.get("truncate", True)
         if truncate and self._direct is not None:
             return [Encoding(length=len(enc.ids), ids=enc.ids) for enc in self._direct.encode_batch(items)]
-        ids = self.tokenizer(
-            items,
-            add_special_tokens=True,
-            truncation=truncate,
-            max_length=self.max_length if truncate else None,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
+        ids = transformers_ids(self.tokenizer, items, self.max_length if truncate else None)
         if not truncate:
             for i, seq in enumerate(ids):
                 if len(seq) > self.max_length:
@@ -95,6 +88,18 @@ class FeatureExtractionRunner(Runner):
             return list(pooled.float().cpu().contiguous().numpy())
 
 
+def transformers_ids(tokenizer, items: list, max_length: int | None) -> list:
+    """Token ids per item by transformers' own call, special tokens added; truncated at `max_length` unless None."""
+    return tokenizer(
+        items,
+        add_special_tokens=True,
+        truncation=max_length is not None,
+        max_length=max_length,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )["input_ids"]
+
+
 # Texts the direct tokenizer must encode exactly as transformers does before it is used.
 PROBES = (
     "",
@@ -125,8 +130,7 @@ def direct_tokenizer(tokenizer, max_length: int):
         direct.no_padding()
         direct.enable_truncation(max_length, stride=0, strategy="longest_first",
                                  direction=getattr(tokenizer, "truncation_side", "right"))
-        expected = tokenizer(list(PROBES), add_special_tokens=True, truncation=True, max_length=max_length,
-                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        expected = transformers_ids(tokenizer, list(PROBES), max_length)
         if [enc.ids for enc in direct.encode_batch(list(PROBES))] != [list(ids) for ids in expected]:
             return None
     except Exception:  # noqa: BLE001 - any doubt: transformers' own call

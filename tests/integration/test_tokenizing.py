@@ -13,17 +13,12 @@ import pytest
 from transformers import AutoTokenizer
 
 from model_store.loader import load_runner
-from model_store.loader.embeddings import PROBES, direct_tokenizer
+from model_store.loader.embeddings import PROBES, direct_tokenizer, transformers_ids
 from model_store.store import ModelStore
 
 # Paragraphs of every topic (a few thousand texts with code, quotes and symbols), and 100 whole topics (long).
 TEXTS = ([part.strip() for text in topics.values() for part in text.split("\n\n") if part.strip()]
          + sorted(topics.values())[:100])
-
-
-def transformers_ids(tokenizer, texts, max_length):
-    return [list(ids) for ids in tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_length,
-                                           return_attention_mask=False, return_token_type_ids=False)["input_ids"]]
 
 
 @pytest.mark.parametrize("model_id", ["minilm", "sentiment_model", "tiny-ner", "tiny-gpt2", "tiny-bart"])
@@ -34,7 +29,7 @@ def test_the_direct_tokenizer_gives_the_ids_transformers_gives(model_dir, model_
     assert direct is not None, f"{model_id}: the direct tokenizer disagreed with transformers on {PROBES}"
     assert len(TEXTS) > 1000 and sum(len(t) > 2000 for t in TEXTS) >= 40
     got = [enc.ids for enc in direct.encode_batch(TEXTS)]
-    expected = transformers_ids(tokenizer, TEXTS, max_length)
+    expected = [list(ids) for ids in transformers_ids(tokenizer, TEXTS, max_length)]
     differ = [i for i, (a, b) in enumerate(zip(got, expected)) if a != b]
     assert not differ, f"{model_id}: {len(differ)} of {len(TEXTS)} texts differ, the first: {TEXTS[differ[0]][:200]!r}"
     assert max(len(ids) for ids in got) == max_length
@@ -61,7 +56,8 @@ def test_the_runner_encodes_jobs_with_it_and_long_inputs_as_before(model_dir):
     assert runner._direct is not None
     texts = TEXTS[:300] + ["word " * 1000]
     got = runner.encode(texts, {"truncate": True})
-    assert [enc.ids for enc in got] == transformers_ids(runner.tokenizer, texts, runner.max_length)
+    expected = [list(ids) for ids in transformers_ids(runner.tokenizer, texts, runner.max_length)]
+    assert [enc.ids for enc in got] == expected
     assert [enc.length for enc in got] == [len(enc.ids) for enc in got]
     assert got[-1].length == runner.max_length
     # truncate off: transformers' call, and a clear error past the limit

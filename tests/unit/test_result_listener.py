@@ -15,13 +15,15 @@ import socket
 import threading
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import orjson
 
+from tests.unit.conftest import REDIS_URL
 from webapp import results
 from webapp.results import ResultListener
 
-REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 15  # conftest.py's REDIS_URL
+REDIS = urlsplit(REDIS_URL)
 
 
 class SilencingProxy:
@@ -40,7 +42,7 @@ class SilencingProxy:
                 client, _ = self.server.accept()
             except OSError:
                 return
-            upstream = socket.create_connection((REDIS_HOST, REDIS_PORT))
+            upstream = socket.create_connection((REDIS.hostname, REDIS.port))
             state = {"silent": False, "sockets": (client, upstream)}
             with self.lock:
                 self.connections.append(state)
@@ -82,7 +84,7 @@ def test_a_listener_whose_subscription_goes_silent_subscribes_again(client, monk
     """Published replies reach their waiter again within a few health checks of the link going silent."""
     monkeypatch.setattr(results, "HEALTH_CHECK_S", 0.5)
     proxy = SilencingProxy()
-    listener = ResultListener(f"redis://127.0.0.1:{proxy.port}/{REDIS_DB}")
+    listener = ResultListener(f"redis://127.0.0.1:{proxy.port}{REDIS.path}")
     try:
         assert listener.ensure_started()
         assert proxy.silence() == 1  # the subscription's connection
