@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import requests
 
 from common import protocol
-from tests.helpers import LONG, bodies, ready
+from tests.helpers import LONG, bodies, ready, wait_until
 
 
 def job_ids(client) -> set[str]:
@@ -38,6 +38,8 @@ def test_a_client_that_hangs_up_leaves_a_job_that_completes(cluster, report):
     for i in range(5):
         post_and_hang_up(app.url, {"model_id": "minilm", "inputs": LONG[i * 16:(i + 1) * 16],
                                    "options": {"wait": 30, "use_cache": False}}, after_s=0.2)
+    # Each request's job is recorded by the webapp on its own schedule: the last may come after the hang-up.
+    wait_until(lambda: len(job_ids(c.redis) - before) == 5, timeout=10)
     for job_id in job_ids(c.redis) - before:
         ledger.accepted[job_id] = t0
     outcome = ledger.wait(timeout=60, since=t0)

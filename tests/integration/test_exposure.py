@@ -23,7 +23,7 @@ import pytest
 
 from devtools.processes import PYTHON, ROOT
 from devtools.redis_server import free_port
-from tests.helpers import service_env
+from tests.helpers import service_env, wait_until
 
 CELERY = os.path.join(os.path.dirname(PYTHON), "celery")  # the command the README gives, not `python -m`
 
@@ -159,4 +159,5 @@ def test_make_run_prints_how_to_log_in_to_flower(redis_url, model_dir, tmp_path)
         except subprocess.TimeoutExpired:
             os.killpg(stack.pid, signal.SIGKILL)
             stack.wait()
-    assert "[run] stopped" in "".join(lines)
+    # The reader thread may still be on the last lines when the process has exited.
+    wait_until(lambda: "[run] stopped" in "".join(lines), timeout=10)

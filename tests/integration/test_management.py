@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.helpers import PYTHON, ROOT, SENTENCES, Worker, close, service_env
+from tests.helpers import PYTHON, ROOT, SENTENCES, Worker, close, poll, service_env
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,8 @@ def test_request_for_an_unloaded_model_loads_it_on_demand(api, second):
         response = api.post("/predict", json={"model_id": "minilm-c", "inputs": "load me",
                                               "options": {"wait": 120}})
         assert response.status_code == 200, response.text
-        assert len(loaded_on(api, "minilm-c")) == 1
+        # The worker serves the model's queue, then writes its registry entry on its heartbeat thread.
+        poll(lambda: loaded_on(api, "minilm-c"), lambda on: len(on) == 1, timeout=10)
         assert api.post("/models/unload", json={"model_id": "minilm-c"}).status_code == 200
         assert loaded_on(api, "minilm-c") == []
 
