@@ -6,6 +6,11 @@ them: `POST /jobs 202 3.1 ms [model=minilm job=… req=…]` in text, and
 the fields `method`, `route`, `status`, `duration_ms` beside the ids in
 JSON. It names the route, never the path or the body: a path is the
 client's text, and a job's inputs never reach a log (SPEC §10).
+
+The line is written when the server closes the response after its last
+byte (PEP 3333: every WSGI server calls `close()`), as gunicorn writes
+its own: the client never waits for it, and its duration is the whole
+answer's.
 """
 
 from __future__ import annotations
@@ -31,12 +36,22 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def _access_line(response):
+        # Written once the answer is sent, as gunicorn writes its own access
+        # line: the client does not wait for it (the server closes the
+        # response after its last byte). The request's context is gone by
+        # then, so its ids are taken now.
         started = g.get("access_started")
-        duration_ms = round((time.perf_counter() - started) * 1000, 2) if started is not None else None
+        method, status = request.method, response.status_code
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        log.info("%s %s %d %s ms", request.method, route, response.status_code, duration_ms,
-                 extra={"method": request.method, "route": route, "status": response.status_code,
-                        "duration_ms": duration_ms, "request_id": request_id()})
+        fields = {**logcontext.current(), "method": method, "route": route, "status": status,
+                  "request_id": request_id()}
+
+        def write():
+            duration_ms = round((time.perf_counter() - started) * 1000, 2) if started is not None else None
+            log.info("%s %s %d %s ms", method, route, status, duration_ms,
+                     extra={**fields, "duration_ms": duration_ms})
+
+        response.call_on_close(write)
         return response
 
     @app.teardown_request

@@ -78,10 +78,36 @@ def test_the_webapps_unhandled_error_names_the_request(tmp_path, lines):
     def explode():
         raise ValueError(request.args["text"])
 
-    response = app.test_client().get("/explode?text=secret+input+text", headers={"X-Request-Id": "req-500"})
+    # buffered: the test client closes the response, as a WSGI server does after sending it
+    response = app.test_client().get("/explode?text=secret+input+text", headers={"X-Request-Id": "req-500"},
+                                     buffered=True)
     assert response.status_code == 500 and response.headers["X-Request-Id"] == "req-500"
     records = lines()
     error = next(r for r in records if r["logger"] == "webapp.errors")
     assert error["request_id"] == "req-500" and "secret input text" not in json.dumps(records)
     access = next(r for r in records if r["logger"] == "webapp.access")
     assert (access["status"], access["route"], access["request_id"]) == (500, "/explode", "req-500")
+
+
+def test_the_access_line_is_written_when_the_server_closes_the_answer(tmp_path, lines):
+    """The client has its answer before the line is written; the line still has the request's ids and the view's."""
+    app = create_app({"SETTINGS": Settings(redis_url="redis://127.0.0.1:1/0", model_dir=tmp_path)})
+
+    @app.get("/hello")
+    def hello():
+        logcontext.bind(model_id="m1")  # as /predict binds the model it asked for
+        return {"hello": "world"}
+
+    statuses = []
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/hello", "SERVER_NAME": "x", "SERVER_PORT": "80",
+               "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(),
+               "wsgi.errors": io.StringIO(), "HTTP_X_REQUEST_ID": "req-close"}
+    answer = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    body = b"".join(answer)  # what a server sends
+    assert statuses == ["200 OK"] and json.loads(body) == {"hello": "world"}
+    assert not [r for r in lines() if r["logger"] == "webapp.access"]
+    answer.close()  # the server is done with the response (PEP 3333)
+    (access,) = [r for r in lines() if r["logger"] == "webapp.access"]
+    assert (access["method"], access["route"], access["status"], access["request_id"], access["model_id"]) == (
+        "GET", "/hello", 200, "req-close", "m1")
+    assert access["duration_ms"] >= 0
