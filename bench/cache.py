@@ -149,8 +149,8 @@ def report(cache: dict) -> list[str]:
         f"floor (bench/floor.py, Flask with no work, one process, answering {MINILM_FLOATS} floats as minilm "
         f"does, through Flask's own JSON): p50 {floor['p50_ms']:.2f} ms; a level-1 hit took "
         f"{abs(beyond):.2f} ms {'more' if beyond >= 0 else 'less'}: the request's checks, the cache keys and "
-        "the lookup, the access line and the metrics, less the floor's JSON encoding (the cache keeps each "
-        "output encoded). "
+        "the lookup and the metrics, less the floor's JSON encoding (the cache keeps each output encoded); "
+        "the access line is written after the answer is sent. "
         f"Throughput: wrk, 64 clients, a stream where {int(cache['repeat_ratio'] * 100)}% of the requests "
         "repeat an earlier sentence:",
         "",
