@@ -9,8 +9,9 @@ client's text, and a job's inputs never reach a log (SPEC §10).
 
 The line is written when the server closes the response after its last
 byte (PEP 3333: every WSGI server calls `close()`), as gunicorn writes
-its own: the client never waits for it, and its duration is the whole
-answer's.
+its own: the client never waits for it, and its duration runs from the
+app's first hook to the answer's last byte. A file passed through to the
+server as it is (Swagger UI's) is logged before it is sent.
 """
 
 from __future__ import annotations
@@ -51,7 +52,12 @@ def init_app(app: Flask) -> None:
             log.info("%s %s %d %s ms", method, route, status, duration_ms,
                      extra={**fields, "duration_ms": duration_ms})
 
-        response.call_on_close(write)
+        if response.direct_passthrough:
+            # A file sent as it is (send_from_directory): the server closes its
+            # file, not the response, so no close callback would run.
+            write()
+        else:
+            response.call_on_close(write)
         return response
 
     @app.teardown_request

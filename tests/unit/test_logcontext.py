@@ -111,3 +111,18 @@ def test_the_access_line_is_written_when_the_server_closes_the_answer(tmp_path, 
     assert (access["method"], access["route"], access["status"], access["request_id"], access["model_id"]) == (
         "GET", "/hello", 200, "req-close", "m1")
     assert access["duration_ms"] >= 0
+
+
+def test_a_file_passed_through_to_the_server_has_its_access_line(tmp_path, lines):
+    """Swagger UI's files go out as files (the server closes the file, not the response): logged all the same."""
+    app = create_app({"SETTINGS": Settings(redis_url="redis://127.0.0.1:1/0", model_dir=tmp_path)})
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/docs/static/swagger-ui.css", "SERVER_NAME": "x",
+               "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+               "wsgi.input": io.BytesIO(), "wsgi.errors": io.StringIO(), "HTTP_X_REQUEST_ID": "req-file",
+               "wsgi.file_wrapper": lambda f, size=8192: iter(lambda: f.read(size), b"")}  # as gunicorn's
+    statuses = []
+    answer = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    assert statuses == ["200 OK"] and b"swagger" in b"".join(answer)
+    (access,) = [r for r in lines() if r["logger"] == "webapp.access"]
+    assert (access["route"], access["status"], access["request_id"]) == ("/docs/static/<path:filename>", 200,
+                                                                         "req-file")
