@@ -7,6 +7,7 @@ import logging
 import pytest
 from flask import request
 from kombu import Connection
+from werkzeug.test import EnvironBuilder
 
 from common import logcontext
 from common.settings import Settings
@@ -89,6 +90,14 @@ def test_the_webapps_unhandled_error_names_the_request(tmp_path, lines):
     assert (access["status"], access["route"], access["request_id"]) == (500, "/explode", "req-500")
 
 
+def served(app, path: str, request_id: str, **environ) -> tuple[list[str], object]:
+    """Call the app as a WSGI server does: (the statuses it started, the answer's iterable, not closed yet)."""
+    statuses = []
+    env = EnvironBuilder(path=path, headers={"X-Request-Id": request_id}).get_environ()
+    answer = app({**env, **environ}, lambda status, headers, exc_info=None: statuses.append(status))
+    return statuses, answer
+
+
 def test_the_access_line_is_written_when_the_server_closes_the_answer(tmp_path, lines):
     """The client has its answer before the line is written; the line still has the request's ids and the view's."""
     app = create_app({"SETTINGS": Settings(redis_url="redis://127.0.0.1:1/0", model_dir=tmp_path)})
@@ -98,11 +107,7 @@ def test_the_access_line_is_written_when_the_server_closes_the_answer(tmp_path, 
         logcontext.bind(model_id="m1")  # as /predict binds the model it asked for
         return {"hello": "world"}
 
-    statuses = []
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/hello", "SERVER_NAME": "x", "SERVER_PORT": "80",
-               "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(),
-               "wsgi.errors": io.StringIO(), "HTTP_X_REQUEST_ID": "req-close"}
-    answer = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    statuses, answer = served(app, "/hello", "req-close")
     body = b"".join(answer)  # what a server sends
     assert statuses == ["200 OK"] and json.loads(body) == {"hello": "world"}
     assert not [r for r in lines() if r["logger"] == "webapp.access"]
@@ -116,12 +121,8 @@ def test_the_access_line_is_written_when_the_server_closes_the_answer(tmp_path, 
 def test_a_file_passed_through_to_the_server_has_its_access_line(tmp_path, lines):
     """Swagger UI's files go out as files (the server closes the file, not the response): logged all the same."""
     app = create_app({"SETTINGS": Settings(redis_url="redis://127.0.0.1:1/0", model_dir=tmp_path)})
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/docs/static/swagger-ui.css", "SERVER_NAME": "x",
-               "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
-               "wsgi.input": io.BytesIO(), "wsgi.errors": io.StringIO(), "HTTP_X_REQUEST_ID": "req-file",
-               "wsgi.file_wrapper": lambda f, size=8192: iter(lambda: f.read(size), b"")}  # as gunicorn's
-    statuses = []
-    answer = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    file_wrapper = lambda f, size=8192: iter(lambda: f.read(size), b"")  # noqa: E731 - as gunicorn's, no close
+    statuses, answer = served(app, "/docs/static/swagger-ui.css", "req-file", **{"wsgi.file_wrapper": file_wrapper})
     assert statuses == ["200 OK"] and b"swagger" in b"".join(answer)
     (access,) = [r for r in lines() if r["logger"] == "webapp.access"]
     assert (access["route"], access["status"], access["request_id"]) == ("/docs/static/<path:filename>", 200,
