@@ -27,12 +27,25 @@ from webapp.requestids import request_id
 log = logging.getLogger("webapp.access")
 
 
+def request_started() -> float | None:
+    """When the app's first hook saw the current request (`time.perf_counter`); None before that."""
+    return g.get("request_started")
+
+
+def route() -> str:
+    """The current request's route rule, "unmatched" where none matched: never the client's path."""
+    return request.url_rule.rule if request.url_rule else "unmatched"
+
+
 def init_app(app: Flask) -> None:
-    """Bind the request's ids for its log lines, and log its access line."""
+    """Bind the request's ids for its log lines, time the request, and log its access line.
+
+    /metrics times requests and labels their routes with this module's clock and route names.
+    """
 
     @app.before_request
     def _begin():
-        g.access_started = time.perf_counter()
+        g.request_started = time.perf_counter()
         g.log_token = logcontext.start(request_id=request_id())
 
     @app.after_request
@@ -41,15 +54,14 @@ def init_app(app: Flask) -> None:
         # line: the client does not wait for it (the server closes the
         # response after its last byte). The request's context is gone by
         # then, so its ids are taken now.
-        started = g.get("access_started")
-        method, status = request.method, response.status_code
-        route = request.url_rule.rule if request.url_rule else "unmatched"
-        fields = {**logcontext.current(), "method": method, "route": route, "status": status,
+        started = request_started()
+        method, status, rule = request.method, response.status_code, route()
+        fields = {**logcontext.current(), "method": method, "route": rule, "status": status,
                   "request_id": request_id()}
 
         def write():
             duration_ms = round((time.perf_counter() - started) * 1000, 2) if started is not None else None
-            log.info("%s %s %d %s ms", method, route, status, duration_ms,
+            log.info("%s %s %d %s ms", method, rule, status, duration_ms,
                      extra={**fields, "duration_ms": duration_ms})
 
         if response.direct_passthrough:

@@ -15,13 +15,14 @@ import os
 import time
 
 import redis
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from common import batchstats
 from common.errors import BrokerUnavailable
 from common.protocol import MODELS_KEY, batch_stats_key
+from webapp import accesslog
 
 _REDIS_ERRORS = (redis.RedisError, OSError)
 
@@ -176,15 +177,11 @@ def init_app(app: Flask) -> None:
     svc = app.extensions["atf"]
     registry.register(FleetCollector(svc.jobs.results, svc.workers, svc.jobs.publisher))
 
-    @app.before_request
-    def _start_timer():
-        g.started = time.perf_counter()
-
     @app.after_request
     def _count(response):
-        route = request.url_rule.rule if request.url_rule else "unmatched"
-        REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-        LATENCY.labels(route).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        rule, started = accesslog.route(), accesslog.request_started()
+        REQUESTS.labels(request.method, rule, str(response.status_code)).inc()
+        LATENCY.labels(rule).observe(time.perf_counter() - started if started is not None else 0.0)
         return response
 
     @app.get("/metrics")

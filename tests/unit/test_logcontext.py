@@ -127,3 +127,28 @@ def test_a_file_passed_through_to_the_server_has_its_access_line(tmp_path, lines
     (access,) = [r for r in lines() if r["logger"] == "webapp.access"]
     assert (access["route"], access["status"], access["request_id"]) == ("/docs/static/<path:filename>", 200,
                                                                          "req-file")
+
+
+def test_metrics_count_a_request_under_its_access_lines_route_and_clock(tmp_path, lines):
+    """/metrics labels a request with its access line's route ("unmatched", never the path), timed from its start."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    app = create_app({"SETTINGS": Settings(redis_url="redis://127.0.0.1:1/0", model_dir=tmp_path)})
+    client = app.test_client()
+
+    def samples():
+        text = client.get("/metrics", buffered=True).get_data(as_text=True)
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    before = samples()
+    assert client.get("/no/such/path", buffered=True).status_code == 404
+    after = samples()
+    (access,) = [r for r in lines() if r["logger"] == "webapp.access" and r["status"] == 404]
+    assert access["route"] == "unmatched"
+    counted = ("atf_http_requests_total", (("method", "GET"), ("route", "unmatched"), ("status", "404")))
+    timed = ("atf_http_request_duration_seconds_sum", (("route", "unmatched"),))
+    assert after[counted] - before.get(counted, 0) == 1
+    observed_ms = 1000 * (after[timed] - before.get(timed, 0))
+    # the same start; the metric is taken before the answer is sent, the line after
+    assert 0 < observed_ms <= access["duration_ms"] + 0.01
