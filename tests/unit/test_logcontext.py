@@ -10,8 +10,7 @@ from kombu import Connection
 from werkzeug.test import EnvironBuilder
 
 from common import logcontext
-from common.settings import Settings
-from webapp import create_app
+from tests.helpers import make_client
 
 
 @pytest.fixture
@@ -73,7 +72,7 @@ def test_text_format_appends_the_ids_to_the_usual_line():
 
 def test_the_webapps_unhandled_error_names_the_request(tmp_path, lines):
     """The traceback line of an unexpected error carries the request's id (and no exception text)."""
-    app = create_app({"SETTINGS": Settings(redis_url="redis://127.0.0.1:1/0", model_dir=tmp_path)})
+    app = make_client(tmp_path).application
 
     @app.get("/explode")
     def explode():
@@ -100,7 +99,7 @@ def served(app, path: str, request_id: str, **environ) -> tuple[list[str], objec
 
 def test_the_access_line_is_written_when_the_server_closes_the_answer(tmp_path, lines):
     """The client has its answer before the line is written; the line still has the request's ids and the view's."""
-    app = create_app({"SETTINGS": Settings(redis_url="redis://127.0.0.1:1/0", model_dir=tmp_path)})
+    app = make_client(tmp_path).application
 
     @app.get("/hello")
     def hello():
@@ -120,7 +119,7 @@ def test_the_access_line_is_written_when_the_server_closes_the_answer(tmp_path, 
 
 def test_a_file_passed_through_to_the_server_has_its_access_line(tmp_path, lines):
     """Swagger UI's files go out as files (the server closes the file, not the response): logged all the same."""
-    app = create_app({"SETTINGS": Settings(redis_url="redis://127.0.0.1:1/0", model_dir=tmp_path)})
+    app = make_client(tmp_path).application
     file_wrapper = lambda f, size=8192: iter(lambda: f.read(size), b"")  # noqa: E731 - as gunicorn's, no close
     statuses, answer = served(app, "/docs/static/swagger-ui.css", "req-file", **{"wsgi.file_wrapper": file_wrapper})
     assert statuses == ["200 OK"] and b"swagger" in b"".join(answer)
@@ -133,8 +132,7 @@ def test_metrics_count_a_request_under_its_access_lines_route_and_clock(tmp_path
     """/metrics labels a request with its access line's route ("unmatched", never the path), timed from its start."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    app = create_app({"SETTINGS": Settings(redis_url="redis://127.0.0.1:1/0", model_dir=tmp_path)})
-    client = app.test_client()
+    client = make_client(tmp_path)
 
     def samples():
         text = client.get("/metrics", buffered=True).get_data(as_text=True)
