@@ -101,14 +101,16 @@ class Deliveries:
         self._beat = client.register_script(lua.source("beat"))
         self._reap = client.register_script(lua.source("reap"))
 
-    def fetch(self, holder: str, wants: list[tuple[str, int]], first_tag: int) -> list[Delivery]:
-        """Take up to `count` messages from each `(queue, count)` into `holder`'s deliveries (none once it is dead)."""
+    def fetch(self, holder: str, wants: list[tuple[str, int]], first_tag: int,
+              total: int | None = None) -> list[Delivery]:
+        """Take up to `count` messages from each `(queue, count)` into `holder`'s deliveries (none once it is dead);
+        at most `total` in all, the queues read in their order."""
         wants = [(queue, count) for queue, count in wants if count > 0]
-        if not wants:
+        if not wants or total is not None and total <= 0:
             return []
         keys = [deliveries_key(holder)] + [key for queue, _ in wants for key in lists_of(queue)]
         args = ([first_tag, len(PRIORITY_STEPS)] + [count for _, count in wants]
-                + [TOMBSTONE_PREFIX + holder, FLOOR_PREFIX + holder])
+                + [TOMBSTONE_PREFIX + holder, FLOOR_PREFIX + holder] + ([] if total is None else [total]))
         flat = self._fetch(keys=keys, args=args)
         out = []
         for i in range(0, len(flat), 3):

@@ -116,6 +116,20 @@ class Batcher(LaneChanges):
         held = sum(other.in_hand for other in list(self._lanes.values())) + self.reporter.unacked()
         return lane.room(self.max_jobs - held, self.max_items, self.max_tokens)
 
+    def worker_room(self) -> int | None:
+        """How many more jobs to take now, all models together; None serving one model (room says it all).
+
+        Each model's room is its own two batches' worth, so a worker serving
+        50 models would hold 50 times what it holds serving one, and run it
+        one after the other while the other workers sit idle. Together they
+        hold at most what the model with the largest such hold would alone.
+        """
+        lanes = [lane for lane in list(self._lanes.values()) if lane.calibrated]
+        if len(lanes) <= 1:
+            return None
+        cap = max(lane.hold_jobs(self.max_items, self.max_tokens) for lane in lanes)
+        return max(0, cap - self.active())
+
     def submit(self, job: Job) -> bool:
         """Take a job (consumer thread); False when its model is not served here.
 

@@ -87,12 +87,19 @@ class Lane:
         than `jobs_room` (what WORKER_PREFETCH leaves); at least one job when
         there is room.
         """
-        best = self.cost.best_batch(max(1, round(self.length_avg)), max_items, max_tokens)
-        # A floor, so that a calibration skewed by a busy machine cannot starve batching.
-        items_room = max(2 * best, min(MIN_HELD_ITEMS, 2 * max_items)) - self.items_in_hand
+        items_room = self._hold_items(max_items, max_tokens) - self.items_in_hand
         if items_room <= 0 or jobs_room <= 0:
             return 0
         return min(jobs_room, max(1, int(items_room / max(self.items_per_job, 1.0))))
+
+    def hold_jobs(self, max_items: int, max_tokens: int) -> int:
+        """The jobs this lane holds at most when it has none: its two batches' worth."""
+        return max(1, int(self._hold_items(max_items, max_tokens) / max(self.items_per_job, 1.0)))
+
+    def _hold_items(self, max_items: int, max_tokens: int) -> int:
+        best = self.cost.best_batch(max(1, round(self.length_avg)), max_items, max_tokens)
+        # A floor, so that a calibration skewed by a busy machine cannot starve batching.
+        return max(2 * best, min(MIN_HELD_ITEMS, 2 * max_items))
 
     def budget(self, max_items: int, max_tokens: int) -> dict:
         """The fitted cost and the batch it implies at a few lengths (the worker registry shows it)."""

@@ -88,7 +88,8 @@ class ModelServing(bootsteps.StartStopStep):
                             failpoints.describe())
             self.device = detect_device(settings.worker_device)
             self.models = LoadedModels(ModelStore(settings.model_dir), self.device)
-            self.source = make_source(settings, c, self.take_delivery, lambda model_id: self.batcher.room(model_id))
+            self.source = make_source(settings, c, self.take_delivery, lambda model_id: self.batcher.room(model_id),
+                                      lambda: self.batcher.worker_room())
             self.reporter = Reporter(settings, c, self.source)
             self.batcher = Batcher(settings, self.reporter, holder=self.holder, on_room=self.source.wake,
                                    spans=_batch_spans(c.hostname)).start()

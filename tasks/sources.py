@@ -30,9 +30,10 @@ from tasks.kombu_source import KombuSource
 log = logging.getLogger(__name__)
 
 _REDIS_ERRORS = (redis.RedisError, OSError)
-# An idle fetcher looks again this often even without a wake-up (a
-# message on one of kombu's priority lists, which the watchers skip).
-IDLE_RECHECK_S = 1.0
+# The fetcher reads every served queue again this often, busy or idle, even
+# without a wake-up (a message on one of kombu's priority lists, which the
+# watchers skip).
+RECHECK_S = 1.0
 # How long one watcher's blocking wait lasts before it is renewed.
 WATCH_S = 2.0
 MAX_BACKOFF_S = 5.0
@@ -42,16 +43,22 @@ class RedisSource:
     """Fetches jobs from the Redis broker's model queues on one thread.
 
     The fetcher takes, per served model, as many messages as the batcher
-    has room for, in one atomic script call. When there is room but the
-    queues are empty it waits without polling: a watcher thread per queue
-    blocks in `BLMOVE queue queue RIGHT RIGHT` — which returns when the
-    queue gets a message and moves nothing (the last element back onto
-    itself) — and wakes the fetcher.
+    has room for, in one atomic script call, from the queues that may hold
+    one (`_pending`): a queue leaves that set when a fetch asked it for more
+    than it had, and its watcher thread then blocks in `BLMOVE queue queue
+    RIGHT RIGHT` — which returns when the queue gets a message and moves
+    nothing (the last element back onto itself), at once if one came since —
+    and puts it back, waking the fetcher. So a fetch reads the queues that
+    got work, not every queue the worker serves: with 50 models per worker,
+    reading every queue's lists on each wake-up cost Redis about 1,300
+    commands per request. Every RECHECK_S all served queues count as
+    pending again (a message on one of kombu's priority lists, which the
+    watchers do not see, waits at most that long).
     """
 
     kind = "redis"
 
-    def __init__(self, settings, worker_name: str, on_delivery, room):
+    def __init__(self, settings, worker_name: str, on_delivery, room, worker_room=lambda: None):
         self._url = settings.broker_url
         self.deliveries = Deliveries(redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2,
                                                           socket_timeout=10))
@@ -61,17 +68,16 @@ class RedisSource:
         self.holder = new_holder(worker_name)
         self._on_delivery = on_delivery  # (Delivery, holder) -> None, on the fetcher thread
         self._room = room  # model_id -> jobs the batcher will take now
+        self._worker_room = worker_room  # () -> jobs it will take now, all models together (None: no bound)
+        self._turn = 0  # which served queue a fetch reads first: each in turn
         self._next_tag = 1  # delivery tags are unique per holder; this one counts them
         # (holder, tags) of fetches whose answer never came: the script may have run.
         self._unanswered: list[tuple[str, list[str]]] = []
         self._serving: dict[str, threading.Event] = {}  # model_id -> its watcher's stop event
-        self._armed: set[str] = set()  # queues whose watcher should wait for a message
+        # Served queues that may hold a message not taken yet; the others are emptied and watched.
+        self._pending: set[str] = set()
         self._cond = threading.Condition()
         self._woken = False
-        # Whether freed room can let the fetcher take more: False only while
-        # it waits with every served queue emptied and watched (then only a
-        # new message can, and its watcher sees it).
-        self._room_bound = True
         self._stopping = False
         self._fetch_lock = threading.RLock()  # held while fetching and handing jobs to the batcher
         self._thread = threading.Thread(target=self._run, name="fetcher", daemon=True)
@@ -89,6 +95,7 @@ class RedisSource:
             if model_id in self._serving or self._stopping:
                 return
             stop = self._serving[model_id] = threading.Event()
+            self._pending.add(queue_for(model_id))
             self._woken = True
             self._cond.notify_all()
         threading.Thread(target=self._watch, args=(queue_for(model_id), stop), name=f"watch-{model_id}",
@@ -100,7 +107,7 @@ class RedisSource:
             stop = self._serving.pop(model_id, None)
             if stop is not None:
                 stop.set()
-            self._armed.discard(queue_for(model_id))
+            self._pending.discard(queue_for(model_id))
             self._cond.notify_all()
 
     def serves(self) -> list[str]:
@@ -123,13 +130,13 @@ class RedisSource:
     def wake(self) -> None:
         """The batcher has room again: fetch now rather than at the next recheck.
 
-        Not when the fetcher waits on every served queue, all of them emptied
-        by its last fetch: there is nothing to take until a message comes,
-        and the watchers wake it then. At one request at a time this spares a
-        fetch script per job (each finished job frees room).
+        Only when a queue may hold messages (room may have held them back):
+        an emptied queue has nothing to take until a message comes, and its
+        watcher wakes the fetcher then. At one request at a time this spares
+        a fetch script per job (each finished job frees room).
         """
         with self._cond:
-            if self._room_bound and not self._woken:
+            if self._pending and not self._woken:
                 self._woken = True
                 self._cond.notify_all()
 
@@ -188,49 +195,58 @@ class RedisSource:
 
     def _run(self) -> None:
         backoff = 0.1
+        recheck_at = 0.0
         while True:
             with self._cond:
                 if self._stopping:
                     return
                 self._woken = False
-                self._room_bound = True
+                if time.monotonic() >= recheck_at:
+                    self._pending.update(queue_for(m) for m in self._serving)
+                    recheck_at = time.monotonic() + RECHECK_S
             try:
-                got, drained = self._fetch_once()
+                more = self._fetch_once()
             except _REDIS_ERRORS as exc:
                 log.warning("cannot fetch jobs from the broker (%s); retrying in %.1fs", exc, backoff)
                 with self._cond:
                     self._cond.wait_for(lambda: self._stopping, backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
+                recheck_at = 0.0  # what happened meanwhile is unknown: every queue again
                 continue
             except Exception:  # noqa: BLE001 - the fetcher must survive anything
                 log.exception("fetching failed")
                 time.sleep(0.1)
                 continue
             backoff = 0.1
-            if got and not drained:
-                continue  # a queue may hold more
+            if more:
+                continue  # a queue gave all it was asked for: it may hold more
             with self._cond:
-                # Nothing more to take now: wait for a message on a queue with
-                # room, for room, or for a change of models. A message that came
-                # since the fetch wakes its watcher at once.
-                self._armed = {queue_for(m) for m in self._serving if self._room(m) > 0}
-                self._room_bound = not drained or len(self._armed) < len(self._serving)
-                self._cond.notify_all()
+                # Nothing more to take now: wait for a message on an emptied
+                # queue (its watcher), for room, for a change of models, or for
+                # the recheck.
                 if not self._woken and not self._stopping:
-                    self._cond.wait(IDLE_RECHECK_S)
-                self._armed = set()
+                    self._cond.wait(max(0.0, recheck_at - time.monotonic()))
 
-    def _fetch_once(self) -> tuple[int, bool]:
-        """(messages taken, whether every queue asked gave fewer than asked: all of them emptied)."""
+    def _fetch_once(self) -> bool:
+        """Fetch from the pending queues with room; whether one of them gave all it was asked for."""
         with self._fetch_lock:
             self._give_back_unanswered()  # first, even with no room: the model may be gone
-            wants = [(queue_for(m), self._room(m)) for m in list(self._serving)]
+            with self._cond:
+                models = {queue_for(m): m for m in self._serving}
+                self._pending &= models.keys()  # a watcher's last hit may come after its model went
+                # Served order, from a turn that moves on each fetch: when the worker's room
+                # runs out before every queue's, no model is always the one left waiting.
+                queues = list(models)
+                self._turn = (self._turn + 1) % max(1, len(queues))
+                pending = [q for q in queues[self._turn:] + queues[:self._turn] if q in self._pending]
+            wants = [(q, self._room(models[q])) for q in pending]
             wants = [(q, n) for q, n in wants if n > 0]
-            if not wants:
-                return 0, False
+            total = self._worker_room()
+            if not wants or total is not None and total <= 0:
+                return False
             holder, first = self.holder, self._next_tag
             try:
-                got = self.deliveries.fetch(holder, wants, first)
+                got = self.deliveries.fetch(holder, wants, first, total)
             except _REDIS_ERRORS:
                 # The script may have run, its answer lost (Redis stopped or the link broke
                 # after it ran): what it took would sit in this live holder's deliveries,
@@ -246,7 +262,20 @@ class RedisSource:
                     self._on_delivery(delivery, holder)
                 except Exception:  # noqa: BLE001 - one job must not stop the others
                     log.exception("could not take delivery %s from %s", delivery.tag, delivery.queue)
-            return len(got), all(taken.get(q, 0) < n for q, n in wants)
+            # Emptied: a queue the script read that gave fewer than it could take (what
+            # it was asked for, or the rest of the total); those after the total ran out were not read.
+            emptied, left = set(), float("inf") if total is None else total
+            for q, n in wants:
+                if left <= 0:
+                    break
+                if taken.get(q, 0) < min(n, left):
+                    emptied.add(q)
+                left -= taken.get(q, 0)
+            with self._cond:
+                # Watched from now on: a message that came since the fetch wakes its watcher at once.
+                self._pending -= emptied
+                self._cond.notify_all()
+            return len(emptied) < len(wants) and (total is None or len(got) < total)
 
     def _give_back_unanswered(self) -> None:
         """What fetches without an answer took goes back to the front of its queues; if they reach
@@ -259,12 +288,12 @@ class RedisSource:
             self._unanswered.pop(0)
 
     def _watch(self, queue: str, stop: threading.Event) -> None:
-        """Wake the fetcher when `queue` gets a message, while the fetcher waits for one."""
+        """Once a fetch emptied `queue`: when it gets a message, it is pending again and the fetcher wakes."""
         client = redis.Redis.from_url(self._url, socket_connect_timeout=2, socket_timeout=WATCH_S + 5)
         backoff = 0.1
         while not stop.is_set():
             with self._cond:
-                self._cond.wait_for(lambda: stop.is_set() or queue in self._armed)
+                self._cond.wait_for(lambda: stop.is_set() or queue not in self._pending)
             if stop.is_set():
                 break
             try:
@@ -278,7 +307,7 @@ class RedisSource:
             backoff = 0.1
             if hit is not None:
                 with self._cond:
-                    self._armed.discard(queue)
+                    self._pending.add(queue)
                     self._woken = True
                     self._cond.notify_all()
         client.close()
@@ -299,8 +328,8 @@ class RedisSource:
                 delay = min(delay * 2, MAX_BACKOFF_S)
 
 
-def make_source(settings, consumer, on_delivery, room):
+def make_source(settings, consumer, on_delivery, room, worker_room=lambda: None):
     """The job source for this worker's broker."""
     if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisSource(settings, consumer.hostname, on_delivery, room)
+        return RedisSource(settings, consumer.hostname, on_delivery, room, worker_room)
     return KombuSource(consumer)

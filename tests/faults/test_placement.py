@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import requests
@@ -78,3 +79,38 @@ def test_eviction_never_strands_jobs_waiting_for_a_model(cluster, report):
            outcome=outcome, note=f"the load answered `{refused}`; once the jobs were done it was `{loaded}`")
     assert protocol.is_load_failure(refused) and "MAX_MODELS_PER_WORKER" in refused
     assert outcome.succeeded == 41 and outcome.lost == 0 and loaded == "loaded"
+
+
+def test_a_worker_serving_many_models_holds_no_more_than_serving_one(cluster, tmp_path):
+    """One worker serving 4 models (stand-ins, 200 ms a batch of one), 8 jobs sent at once, 2 per model: it
+    holds at most two batches' worth of them in all, as it would serving one model; the rest wait in their
+    queues for any worker. Each model's own room (two of its batches) let it take all 8 and run them one
+    after another while a worker started meanwhile, or idle beside it, got none."""
+    from common.deliveries import Deliveries, deliveries_key
+    from devtools.processes import PYTHON, ROOT
+
+    models = tmp_path / "models"
+    subprocess.run([PYTHON, "-m", "model_store", "--model-dir", str(models), "build-stand-in", "slow",
+                    "--forward-ms", "200"], cwd=ROOT, check=True, capture_output=True)
+    ids = [f"m{i}" for i in range(1, 5)]
+    for model_id in ids:
+        (models / model_id).symlink_to(models / "slow", target_is_directory=True)
+    c = cluster(max_batch_size=1, max_models_per_worker=len(ids))
+    c.model_dir = models
+    worker, app = ready(c.worker("w1", preload_models=",".join(ids)), c.webapp())
+    holder = c.holder_of(worker)
+    ledger = c.ledger(app)
+    t0 = time.monotonic()
+    ledger.submit_many([{"model_id": model_id, "inputs": f"text {k} for {model_id}", "options": {"use_cache": False}}
+                        for k in range(2) for model_id in ids])
+    held, deliveries = [], Deliveries(c.redis)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        held.append(c.redis.hlen(deliveries_key(holder)))
+        time.sleep(0.01)
+    outcome = ledger.wait(timeout=60, since=t0)
+    assert outcome.succeeded == 8 and outcome.lost == 0 and outcome.restarted == 0, outcome.as_dict()
+    # MAX_BATCH_SIZE=1: two batches' worth is 2 jobs (one running, one ready) whatever the number of models,
+    # and a finished job's delivery stays until its result is stored: 3 at most.
+    assert 1 <= max(held) <= 3, held
+    assert deliveries.held(holder) == {}

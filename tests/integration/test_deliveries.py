@@ -70,6 +70,16 @@ def test_fetch_moves_messages_into_the_holder_oldest_first(client, deliveries, q
     assert ids_of(deliveries.held(holder).values()) == ids[:3]
 
 
+def test_a_fetch_takes_at_most_its_total_reading_the_queues_in_order(client, deliveries):
+    """The worker's room across its models: 4 in all, the first queue's 2, then the second's first 2."""
+    first, second = f"infer.a-{uuid.uuid4().hex[:6]}", f"infer.b-{uuid.uuid4().hex[:6]}"
+    a, b = push(client, first, 2), push(client, second, 5)
+    holder = new_holder("w@test")
+    got = deliveries.fetch(holder, [(first, 3), (second, 3)], first_tag=1, total=4)
+    assert ids_of(d.raw for d in got) == a + b[:2] and queued_ids(client, second) == b[2:]
+    assert deliveries.fetch(holder, [(second, 3)], first_tag=5, total=0) == [] and client.llen(second) == 3
+
+
 def test_fetch_reads_kombus_priority_lists_after_the_plain_one(client, deliveries, queue):
     low = push(client, lists_of(queue)[2], 1)
     plain = push(client, queue, 1)
@@ -212,7 +222,7 @@ def test_an_idle_fetcher_fetches_once_per_message_and_on_room_only_when_room_hel
     queue is empty and watched); a message left queued for want of room is fetched when room is freed."""
     import tasks.sources
 
-    monkeypatch.setattr(tasks.sources, "IDLE_RECHECK_S", 60.0)  # any fetch below comes from a wake-up
+    monkeypatch.setattr(tasks.sources, "RECHECK_S", 60.0)  # any fetch below comes from a wake-up
     settings = types.SimpleNamespace(broker_url=redis_url, result_backend=redis_url)
     delivered, room = [], {"free": 8}
     source = RedisSource(settings, "w@test", lambda delivery, holder: delivered.append(delivery),
@@ -220,12 +230,12 @@ def test_an_idle_fetcher_fetches_once_per_message_and_on_room_only_when_room_hel
     source.start()
     source.serve(queue.removeprefix("infer."))
     try:
-        wait_until(lambda: queue in source._armed, timeout=5)  # waiting on its watcher
+        wait_until(lambda: queue not in source._pending, timeout=5)  # emptied: its watcher waits
         before = command_calls(client, "evalsha")  # the fetcher's only scripted call here is its fetch
         for n in range(1, 6):
             push(client, queue, 1, start=n)
             wait_until(lambda n=n: len(delivered) == n, timeout=5)
-            wait_until(lambda: queue in source._armed, timeout=5)
+            wait_until(lambda: queue not in source._pending, timeout=5)
             for _ in range(3):  # the reporter and the batcher, as the job finishes
                 source.wake()
             time.sleep(0.05)
@@ -240,5 +250,51 @@ def test_an_idle_fetcher_fetches_once_per_message_and_on_room_only_when_room_hel
         source.wake()  # a job finished: its slot takes the waiting messages
         wait_until(lambda: len(delivered) == 7, timeout=5)
         assert ids_of(d.raw for d in delivered[5:]) == ids
+    finally:
+        source.stop()
+
+
+def test_a_message_costs_a_fetch_of_its_own_queue_only_however_many_the_worker_serves(client, redis_url, monkeypatch):
+    """A worker serving 20 models, all their queues emptied: a message on one of them is fetched
+    by reading that queue's lists, not the 80 lists of all 20 (with 50 models per worker that was
+    about 1,300 Redis commands per request). Room held back, a queue is read again when room frees."""
+    import tasks.sources
+
+    monkeypatch.setattr(tasks.sources, "RECHECK_S", 60.0)  # any fetch below comes from a wake-up
+    settings = types.SimpleNamespace(broker_url=redis_url, result_backend=redis_url)
+    models = [f"many-{i:02d}-{uuid.uuid4().hex[:6]}" for i in range(20)]
+    delivered, room = [], {m: 4 for m in models}  # the batcher's room per model
+
+    def take(delivery, holder):
+        delivered.append(delivery)
+        room[delivery.queue.removeprefix("infer.")] -= 1
+
+    source = RedisSource(settings, "w@test", take, lambda model_id: room[model_id])
+    source.start()
+    for model_id in models:
+        source.serve(model_id)
+    try:
+        wait_until(lambda: not source._pending, timeout=5)  # all emptied and watched
+        for n, model_id in enumerate(models[:5], start=1):
+            before = command_calls(client, "rpop")
+            push(client, protocol.queue_for(model_id), 1, start=n)
+            wait_until(lambda n=n: len(delivered) == n, timeout=5)
+            wait_until(lambda: not source._pending, timeout=5)
+            # that queue's lists read (its plain one, then kombu's priority lists for the room left)
+            assert command_calls(client, "rpop") - before == len(lists_of(protocol.queue_for(model_id)))
+            assert delivered[-1].queue == protocol.queue_for(model_id)
+
+        busy = models[7]
+        room[busy] = 0  # the batcher is full for this model: its messages wait in their queue
+        ids = push(client, protocol.queue_for(busy), 3, start=100)
+        time.sleep(0.3)
+        assert len(delivered) == 5 and queued_ids(client, protocol.queue_for(busy)) == ids
+        before = command_calls(client, "rpop")
+        room[busy] = 2
+        source.wake()  # room freed: the queue room held back is read, and only it
+        wait_until(lambda: len(delivered) == 7, timeout=5)
+        assert [d.queue for d in delivered[5:]] == [protocol.queue_for(busy)] * 2
+        assert command_calls(client, "rpop") - before == 1  # its plain list held what room took
+        assert queued_ids(client, protocol.queue_for(busy)) == ids[2:]
     finally:
         source.stop()
