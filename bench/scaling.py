@@ -283,9 +283,10 @@ def many_queues_report(queues: dict) -> list[str]:
     lines = [
         f"### {MANY} models on 4 workers: the cost of many queues",
         "",
-        "Each worker watches every queue it serves with a blocking `BLMOVE` on a connection of its own "
-        "(tasks/sources.py), renewed every 2 s, and fetches with one script over all of them when woken. "
-        "4 workers, MAX_BATCH_SIZE=1, stand-in models; under load the requests go to every model in turn.",
+        "Each worker watches every queue it serves that a fetch emptied with a blocking `BLMOVE` on a connection "
+        "of its own (tasks/sources.py), renewed every 2 s; a message wakes the worker's fetcher, whose script reads "
+        "the queues that got one, and every queue once a second (kombu's priority lists, which the watchers do not "
+        "see). 4 workers, MAX_BATCH_SIZE=1, stand-in models; under load the requests go to every model in turn.",
         "",
         "| queues per worker | idle: Redis cores | idle: Redis cmd/s | Redis clients (blocked) | loaded: req/s "
         "| p50 ms | p99 ms | loaded: Redis cores | Redis cmd/request | workers' cores |",
@@ -306,15 +307,14 @@ def many_queues_report(queues: dict) -> list[str]:
     idle_cores = many["idle"]["cores"]["redis"] - one["idle"]["cores"]["redis"]
     lines += [
         "",
-        "Redis counts the commands a script runs, and the fetch script reads each served queue's four lists "
-        "(the plain one and kombu's three priority lists) whenever the fetcher looks: on every wake-up under load, "
-        f"and every second when idle. So idle, each more queue a worker serves costs {per_queue:.1f} commands/s "
-        f"(the {watchers} more cost {extra_idle:.0f}/s, {idle_cores:+.3f} of a core) and a connection (blocked "
-        "in `BLMOVE`); under load a request cost "
-        f"{many['load']['redis_cmds_per_request']:.0f} Redis commands with {MANY} queues per worker against "
-        f"{one['load']['redis_cmds_per_request']:.0f} with one, {ms_many:.2f} ms of Redis CPU against {ms_one:.2f} ms. "
-        f"Throughput fell from {one['load']['rps']:.1f} to {many['load']['rps']:.1f} req/s and p99 rose from "
-        f"{one['load']['p99_ms']:.0f} to {many['load']['p99_ms']:.0f} ms on the same 4 workers.",
+        "Redis counts the commands a script runs, and the fetch script reads four lists per queue it is asked "
+        "(the plain one and kombu's three priority lists). So idle, each more queue a worker serves costs "
+        f"{per_queue:.1f} commands/s (the {watchers} more cost {extra_idle:.0f}/s, {idle_cores:+.3f} of a core: "
+        "the read once a second and the watcher's renewal) and a connection (blocked in `BLMOVE`); under load a "
+        f"request cost {many['load']['redis_cmds_per_request']:.0f} Redis commands with {MANY} queues per worker "
+        f"against {one['load']['redis_cmds_per_request']:.0f} with one, {ms_many:.2f} ms of Redis CPU against "
+        f"{ms_one:.2f} ms; {many['load']['rps']:.1f} req/s against {one['load']['rps']:.1f}, p99 "
+        f"{many['load']['p99_ms']:.0f} ms against {one['load']['p99_ms']:.0f} ms on the same 4 workers.",
         "",
         f"**Limit.** Redis is single-threaded: at {ms_many:.2f} ms of its CPU per request, {MANY} queues per worker "
         f"cap a cluster at about {1000 / ms_many:.0f} requests/s on one Redis core ({1000 / ms_one:.0f} with one "
