@@ -113,7 +113,7 @@ class Batcher(LaneChanges):
         lane = self._lanes.get(model_id)
         if lane is None or not lane.calibrated:
             return 0
-        held = sum(other.in_hand for other in list(self._lanes.values())) + self.reporter.unacked()
+        held = self.active() + self.reporter.unacked()
         return lane.room(self.max_jobs - held, self.max_items, self.max_tokens)
 
     def worker_room(self) -> int | None:

@@ -239,10 +239,12 @@ class RedisSource:
                 queues = list(models)
                 self._turn = (self._turn + 1) % max(1, len(queues))
                 pending = [q for q in queues[self._turn:] + queues[:self._turn] if q in self._pending]
+            total = self._worker_room()
+            if total is not None and total <= 0:
+                return False  # full across its models: no queue's own room matters
             wants = [(q, self._room(models[q])) for q in pending]
             wants = [(q, n) for q, n in wants if n > 0]
-            total = self._worker_room()
-            if not wants or total is not None and total <= 0:
+            if not wants:
                 return False
             holder, first = self.holder, self._next_tag
             try:
